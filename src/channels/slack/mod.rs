@@ -1,0 +1,1 @@
+//! Slack channel: Socket Mode in, Web API out. Filled by a later issue.

@@ -1,0 +1,39 @@
+//! Image events: building the repo's container image.
+
+use super::{RepoId, TaskId, frozen};
+
+frozen! {
+    /// A build began.
+    pub struct ImageBuildStartedV1 {
+        /// The repo.
+        pub repo: RepoId,
+        /// The task that needed it, if any.
+        pub task: Option<TaskId>,
+        /// The tag (content hash).
+        pub tag: String,
+        /// Whether the build was forced (cache ignored).
+        pub forced: bool,
+    }
+
+    /// One line of build output.
+    pub struct ImageBuildOutputV1 {
+        /// The tag being built.
+        pub tag: String,
+        /// The line.
+        pub line: String,
+    }
+
+    /// A build ended.
+    pub struct ImageBuildFinishedV1 {
+        /// The repo.
+        pub repo: RepoId,
+        /// The tag.
+        pub tag: String,
+        /// Whether the image was built.
+        pub ok: bool,
+        /// Wall time.
+        pub duration_ms: u64,
+        /// The end of the build log (for the failure reply).
+        pub log_tail: String,
+    }
+}
