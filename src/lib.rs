@@ -6,6 +6,7 @@
 //! over that log ([`projections`]). See `doc/architecture.md` for the map of
 //! modules and how they talk to each other.
 
+pub mod audit;
 pub mod channels;
 pub mod cli;
 pub mod config;

@@ -1,1 +1,4 @@
+//! The one integration-test binary (one link on 2 cores); each module covers
+//! one area against real components.
 
+mod cli;

@@ -1,6 +1,181 @@
-//! The `airut` command line.
+//! The `airut` command line: parses arguments and runs one subcommand.
+//!
+//! Read commands (`events tail`, `replay`, `audit export`, `check`) talk to a
+//! running server through its HTTP API when one is running (fjall is
+//! single-process: the server owns the store), and open the store directly
+//! otherwise ([`access`]). Errors end with what to try next; this is the only
+//! layer that uses `anyhow`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+mod access;
+mod bench;
+mod check;
+mod client;
+mod commands;
+pub mod runtime;
+mod serve;
+
+/// airut: run Claude Code agents in sandboxes, driven by email and Slack.
+#[derive(Debug, Parser)]
+#[command(name = "airut", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Config file [default: $XDG_CONFIG_HOME/airut/airut.yaml]. A missing
+    /// file means built-in defaults (no repos).
+    #[arg(long, global = true, env = "AIRUT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// State directory (event log, conversations), overriding the config's
+    /// `state_dir`.
+    #[arg(long, global = true, env = "AIRUT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the server: open the log, run projections, serve the API and
+    /// dashboard until SIGINT/SIGTERM.
+    Run,
+    /// Read the event log.
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// Show a conversation's timeline from the log.
+    Replay {
+        /// The conversation id (8 hex digits).
+        conversation: String,
+        /// One JSON object per event instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export or verify network audit trails.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Validate the config and the store (hash chains), and report what is
+    /// missing on this host.
+    Check,
+    /// Manage read models.
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
+    /// Measure performance (prints figures; not part of the tests).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Print events from a sequence number on.
+    Tail {
+        /// First sequence number to print [default: 0].
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Keep printing new events as they are appended.
+        #[arg(long)]
+        follow: bool,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// One JSON object per line, with the hash-chain values: verifiable with
+    /// `airut audit verify`.
+    Jsonl,
+    /// Spreadsheet-friendly; not verifiable.
+    Csv,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Stream the network audit (requests and DNS queries) to stdout.
+    Export {
+        /// Only this conversation (includes chain links for its other events,
+        /// so the export verifies from the stream's genesis).
+        #[arg(long)]
+        conversation: Option<String>,
+        /// Only events at or after this time: RFC 3339 (`2026-11-28T10:00:00Z`)
+        /// or an age (`2h`, `3days`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+        format: ExportFormat,
+    },
+    /// Verify a JSONL export on its own, without the store.
+    Verify {
+        /// The export file (`-` for stdin).
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Drop the read models and rebuild them from the log.
+    Rebuild {
+        /// Instead of replacing them, rebuild aside and prove the result
+        /// equals the checkpointed state.
+        #[arg(long)]
+        verify: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Event log: append, replay and projection-rebuild figures.
+    Log {
+        /// Events for the replay and rebuild figures.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Scratch directory [default: a temporary directory].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Internal: rebuild the projections of an existing bench store and
+    /// report peak memory (run as a child of `bench log`).
+    #[command(hide = true)]
+    LogRebuild {
+        /// The store directory.
+        dir: PathBuf,
+    },
+}
 
 /// Entry point of the binary.
-pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("airut: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("airut: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("AIRUT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -1,0 +1,73 @@
+//! Reading the log out: event lines, conversation timelines, network audit
+//! exports, and verification of exports without the store.
+//!
+//! Everything here is blocking code over [`Log`](crate::log::Log) reads that
+//! writes to an `io::Write`, so the CLI can write to stdout and the API can
+//! stream the same bytes ([`crate::dashboard`]) in constant memory.
+//!
+//! JSONL exports carry, per line, the exact header-core bytes and the
+//! chain values (`prev_stream_hash`, `stream_hash`, `prev_global_hash`,
+//! `global_hash`) and, for full lines, the payload bytes. Because the header
+//! core includes the payload's hash, a "link" line (header only) still
+//! proves its place in the chain; a conversation export therefore includes a
+//! link line for each of the conversation's non-network events and verifies
+//! from the stream's genesis. CSV is for spreadsheets and is not verifiable.
+
+pub mod export;
+pub mod render;
+pub mod timeline;
+pub mod verify;
+
+pub use export::{ExportFilter, ExportQuery, export_jsonl_csv};
+pub use render::{EventLine, format_time, write_json_line, write_text_line};
+pub use timeline::write_timeline;
+pub use verify::{VerifyOutcome, verify_export};
+
+/// Lowercase hex of bytes.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        s.push(char::from(b"0123456789abcdef"[usize::from(b & 0xf)]));
+    }
+    s
+}
+
+/// Parses lowercase or uppercase hex; `None` on any other character or an
+/// odd length.
+pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    let bytes = s.as_bytes();
+    if bytes.len() % 2 != 0 {
+        return None;
+    }
+    bytes
+        .chunks_exact(2)
+        .map(|pair| match pair {
+            [hi, lo] => Some(nibble(*hi)? << 4 | nibble(*lo)?),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips_and_rejects_junk() {
+        let data = [0u8, 1, 0xab, 0xff];
+        assert_eq!(hex(&data), "0001abff");
+        assert_eq!(unhex("0001ABff").unwrap(), data);
+        assert!(unhex("abc").is_none());
+        assert!(unhex("zz").is_none());
+        assert!(unhex("é1").is_none());
+    }
+}

@@ -1,0 +1,350 @@
+//! `airut bench log`: figures for the event log (not a test; prints numbers).
+//!
+//! In one run, on a scratch store: buffered append rate (concurrent
+//! single-event appends, and batches), durable append rate (concurrent
+//! appenders sharing fsyncs), replay decode rate, and projection rebuild
+//! time and peak RSS, each rebuild in a child process so its memory is its
+//! own, at two sizes (a tenth and the whole) to show memory stays flat.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context as _;
+use tokio::time::Instant;
+
+use crate::events::*;
+use crate::log::{ExpectedVersion, Log, LogOptions, NewEvent, StreamAppend};
+use crate::projections::Projections;
+
+/// Runs the log benchmark.
+pub async fn log(events: u64, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let scratch = tempfile::Builder::new().prefix("airut-bench-").tempdir_in(
+        dir.as_deref().unwrap_or(&std::env::temp_dir()),
+    )?;
+    println!("airut bench log: {events} events, store in {}", scratch.path().display());
+
+    // 1. Durable appends: 64 concurrent writers, one event each, group commit.
+    {
+        let store = scratch.path().join("durable");
+        let log = open(&store).await?;
+        let writers = 64u64;
+        let per_writer = 200u64;
+        let start = Instant::now();
+        let mut handles = Vec::new();
+        for w in 0..writers {
+            let log = log.clone();
+            handles.push(tokio::spawn(async move {
+                for i in 0..per_writer {
+                    let conv = ConversationId((w as u32) << 16 | i as u32);
+                    let ev = task_started(TaskId::new(), i);
+                    log.append(one(conv.stream(), ev)).await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for h in handles {
+            h.await??;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let n = writers * per_writer;
+        println!(
+            "durable append (64 concurrent writers, 1 event per append, fsync per group): {:>10.0} events/s ({n} events in {secs:.2} s)",
+            n as f64 / secs
+        );
+        log.close().await?;
+    }
+
+    // 2. Buffered appends and the main store for replay and rebuild.
+    let store = scratch.path().join("main");
+    let log = open(&store).await?;
+    let tenth = events / 10;
+    let (single, batched) = fill(&log, events).await?;
+    println!("buffered append (64 concurrent writers, 1 event per append):  {single:>10.0} events/s");
+    println!("buffered append (batches of 64 events per append):            {batched:>10.0} events/s");
+
+    // 3. Replay decode.
+    {
+        let log = log.clone();
+        let (n, bytes, secs) = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64, f64)> {
+            let start = Instant::now();
+            let (mut n, mut bytes) = (0u64, 0u64);
+            for rec in log.iter_from(Seq(0)) {
+                let rec = rec?;
+                bytes += rec.payload.len() as u64 + rec.core.len() as u64 + 64;
+                std::hint::black_box(rec.decode()?);
+                n += 1;
+            }
+            Ok((n, bytes, start.elapsed().as_secs_f64()))
+        })
+        .await??;
+        println!(
+            "replay (read + validate + decode every event):               {:>10.0} events/s ({n} events, {:.0} MB in {secs:.2} s)",
+            n as f64 / secs,
+            bytes as f64 / 1e6
+        );
+    }
+    log.close().await?;
+
+    // 4. Rebuild at a tenth (its own store, same mix) and at the whole size.
+    let tenth_dir = scratch.path().join("tenth");
+    write_tenth(&tenth_dir, tenth).await?;
+    for (label, dir) in [(format!("{tenth}"), &tenth_dir), (format!("{events}"), &store)] {
+        let out = tokio::process::Command::new(std::env::current_exe()?)
+            .args(["bench", "log-rebuild"])
+            .arg(dir)
+            .output()
+            .await
+            .context("running the rebuild child")?;
+        if !out.status.success() {
+            anyhow::bail!("rebuild child failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        println!("projection rebuild of {label:>8} events: {}", String::from_utf8_lossy(&out.stdout).trim());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Child: rebuild the projections of a store and print time and peak RSS.
+pub async fn log_rebuild(dir: &Path) -> anyhow::Result<ExitCode> {
+    let log = open(dir).await?;
+    let rss_before = peak_rss_kib();
+    let projections = {
+        let log = log.clone();
+        tokio::task::spawn_blocking(move || Projections::open(&log)).await??
+    };
+    let start = Instant::now();
+    let report = {
+        let log = log.clone();
+        let p = projections.clone();
+        tokio::task::spawn_blocking(move || p.rebuild_command(&log, false)).await??
+    };
+    let secs = start.elapsed().as_secs_f64();
+    let peak = peak_rss_kib();
+    println!(
+        "{secs:.2} s, peak RSS {:.1} MiB (after opening: {:.1} MiB){}",
+        peak as f64 / 1024.0,
+        rss_before as f64 / 1024.0,
+        if report.ok() { "" } else { " — REBUILD REPORTED A PROBLEM" }
+    );
+    log.close().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn open(dir: &Path) -> anyhow::Result<Log> {
+    let dir = dir.to_owned();
+    Ok(tokio::task::spawn_blocking(move || Log::open(&dir, LogOptions::default())).await??)
+}
+
+fn one(stream: StreamId, event: Event) -> StreamAppend {
+    StreamAppend {
+        stream,
+        expected: ExpectedVersion::Any,
+        events: vec![NewEvent { event, causation: None }],
+    }
+}
+
+/// Writes `total` events of a realistic mix. Returns (single-append rate,
+/// batched rate) for buffered events.
+async fn fill(log: &Log, total: u64) -> anyhow::Result<(f64, f64)> {
+    // Single-event appends of buffered events from 64 writers: 100k events.
+    let single_n = 100_000u64.min(total / 2);
+    let counter = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for w in 0..64u32 {
+        let log = log.clone();
+        let counter = counter.clone();
+        handles.push(tokio::spawn(async move {
+            let conv = ConversationId(0x8000_0000 | w);
+            let task = TaskId::new();
+            let mut i = 0u64;
+            while counter.fetch_add(1, Ordering::Relaxed) < single_n {
+                log.append(one(conv.stream(), output_line(task, i))).await?;
+                i += 1;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for h in handles {
+        h.await??;
+    }
+    let single = single_n as f64 / start.elapsed().as_secs_f64();
+
+    // The rest in batches of 64 (a task's burst of output and requests).
+    let start = Instant::now();
+    let mut written = single_n;
+    let mut batched_events = 0u64;
+    let mut conv_no = 0u32;
+    while written < total {
+        for batch in conversation_batches(ConversationId(conv_no)) {
+            let n = batch.events.len() as u64;
+            log.append(batch).await?;
+            written += n;
+            batched_events += n;
+        }
+        conv_no += 1;
+    }
+    let batched = batched_events as f64 / start.elapsed().as_secs_f64();
+    Ok((single, batched))
+}
+
+async fn write_tenth(dir: &Path, n: u64) -> anyhow::Result<()> {
+    let log = open(dir).await?;
+    let mut written = 0u64;
+    let mut conv_no = 0u32;
+    while written < n {
+        for batch in conversation_batches(ConversationId(conv_no)) {
+            written += batch.events.len() as u64;
+            log.append(batch).await?;
+        }
+        conv_no += 1;
+    }
+    log.close().await?;
+    Ok(())
+}
+
+/// One conversation's worth of events, as the appends a server would make:
+/// start, queue, run with 60 output lines and 16 proxy requests and 4 DNS
+/// queries, completion, reply (about 85 events).
+fn conversation_batches(conv: ConversationId) -> Vec<StreamAppend> {
+    let task = TaskId::new();
+    let msg = EventId::new();
+    let stream = conv.stream();
+    let mut batches = vec![StreamAppend {
+        stream: stream.clone(),
+        expected: ExpectedVersion::Any,
+        events: vec![
+            ne(Event::ConversationStarted(ConversationStartedV1 {
+                conversation: conv,
+                repo: RepoId("bench".into()),
+                channel: "email".into(),
+                thread_keys: vec![format!("<{conv}@airut.example>")],
+                message: msg,
+                model: Some("opus".into()),
+                replaces_expired: None,
+            })),
+            ne(Event::TaskQueued(TaskQueuedV1 {
+                task,
+                conversation: conv,
+                repo: RepoId("bench".into()),
+                messages: vec![msg],
+                model: "opus".into(),
+                effort: None,
+            })),
+            ne(task_started(task, 0)),
+        ],
+    }];
+    let mut run = Vec::new();
+    for i in 0..80u64 {
+        run.push(ne(match i % 5 {
+            0 | 1 | 2 => output_line(task, i),
+            3 if i % 20 == 3 => Event::DnsQuery(DnsQueryV1 {
+                task,
+                name: "api.github.com".into(),
+                qtype: 1,
+                answer: "loopback".into(),
+            }),
+            _ => proxy_request(task, i),
+        }));
+        if run.len() == 64 {
+            batches.push(buffered(&stream, std::mem::take(&mut run)));
+        }
+    }
+    batches.push(buffered(&stream, run));
+    batches.push(StreamAppend {
+        stream,
+        expected: ExpectedVersion::Any,
+        events: vec![
+            ne(Event::TaskCompleted(TaskCompletedV1 {
+                task,
+                outcome: TaskOutcome::Succeeded,
+                reason: String::new(),
+                session_id: Some("5f2c8a1e-0d3b-4c47-9a6e-2b7f1c3d4e5f".into()),
+                reply_text: "I fixed the typo in README.md and opened a pull request.".repeat(3),
+                cost_micros: Some(42_100),
+                turns: Some(7),
+                duration_ms: 93_000,
+                input_tokens: 21_000,
+                output_tokens: 1_800,
+                blocked_hosts: vec![],
+            })),
+            ne(Event::ReplySent(ReplySentV1 {
+                conversation: conv,
+                task: Some(task),
+                channel: "email".into(),
+                kind: ReplyKind::Result,
+                message_id: format!("<{conv}.2@airut.example>"),
+                in_reply_to: format!("<{conv}@airut.example>"),
+                attachments: vec![],
+            })),
+        ],
+    });
+    batches
+}
+
+fn ne(event: Event) -> NewEvent {
+    NewEvent { event, causation: None }
+}
+
+fn buffered(stream: &StreamId, events: Vec<NewEvent>) -> StreamAppend {
+    StreamAppend { stream: stream.clone(), expected: ExpectedVersion::Any, events }
+}
+
+fn task_started(task: TaskId, i: u64) -> Event {
+    Event::TaskStarted(TaskStartedV1 {
+        task,
+        attempt: 1,
+        resume_session: (i % 2 == 1).then(|| "5f2c8a1e-0d3b-4c47-9a6e-2b7f1c3d4e5f".to_owned()),
+        prompt: "Please fix the typo in README.md (\"recieve\" → \"receive\") and open a PR.".into(),
+    })
+}
+
+fn output_line(task: TaskId, i: u64) -> Event {
+    Event::ContainerOutput(ContainerOutputV1 {
+        task,
+        stream: OutputStream::Stdout,
+        line_no: i,
+        kind: OutputKind::Assistant,
+        raw: format!(
+            r#"{{"type":"assistant","message":{{"id":"msg_{i:024}","type":"message","role":"assistant","model":"claude-opus","content":[{{"type":"tool_use","id":"toolu_{i:020}","name":"Bash","input":{{"command":"git status --short && sed -n 1,40p README.md","description":"Inspect the working tree"}}}}],"stop_reason":null,"usage":{{"input_tokens":1520,"output_tokens":88}}}},"session_id":"5f2c8a1e-0d3b-4c47-9a6e-2b7f1c3d4e5f"}}"#
+        ),
+    })
+}
+
+fn proxy_request(task: TaskId, i: u64) -> Event {
+    Event::ProxyRequest(ProxyRequestV1 {
+        task,
+        method: "GET".into(),
+        scheme: "https".into(),
+        host: "api.github.com".into(),
+        port: 443,
+        path: format!("/repos/acme/widgets/pulls?state=open&page={i}"),
+        decision: if i % 7 == 0 { Decision::Blocked } else { Decision::Allowed },
+        rule: Some("api.github.com/repos/acme/widgets*".into()),
+        reason: None,
+        status: Some(200),
+        bytes_in: 0,
+        bytes_out: 18_234,
+        duration_us: 84_000,
+        credentials: vec![CredentialAnnotation {
+            secret: "GH_TOKEN".into(),
+            action: CredentialAction::Swapped,
+            count: 1,
+        }],
+        upstream_override: None,
+    })
+}
+
+/// Peak resident set size of this process (VmHWM), KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}

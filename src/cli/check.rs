@@ -1,0 +1,117 @@
+//! `airut check`: config, store (hash chains) and host, one line per check.
+//!
+//! Exits non-zero when any check fails. Later issues add their checks here
+//! (container engine, git mirrors, IMAP/SMTP reachability).
+
+use std::process::ExitCode;
+
+use super::GlobalArgs;
+use super::access::{self, Access};
+use crate::log::VerifyReport;
+
+struct Report {
+    failures: u32,
+}
+
+// === impl Report ===
+
+impl Report {
+    fn ok(&mut self, what: &str, detail: impl std::fmt::Display) {
+        println!("ok    {what}: {detail}");
+    }
+    fn warn(&mut self, what: &str, detail: impl std::fmt::Display) {
+        println!("warn  {what}: {detail}");
+    }
+    fn fail(&mut self, what: &str, detail: impl std::fmt::Display) {
+        self.failures += 1;
+        println!("FAIL  {what}: {detail}");
+    }
+}
+
+/// Runs every check.
+pub async fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let mut r = Report { failures: 0 };
+    let ctx = match access::load_context(global) {
+        Ok(ctx) => {
+            let source = ctx
+                .loaded
+                .source
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "no config file: built-in defaults (no repos)".to_owned());
+            r.ok("config", format!("{source} ({} repos)", ctx.loaded.config.repos.len()));
+            for w in &ctx.loaded.warnings {
+                r.warn("config", w);
+            }
+            Some(ctx)
+        }
+        Err(e) => {
+            r.fail("config", format!("{e:#}"));
+            None
+        }
+    };
+    if let Some(ctx) = &ctx {
+        check_state_dir(&mut r, &ctx.state_dir);
+        check_store(&mut r, ctx).await;
+    }
+    check_git(&mut r).await;
+    if r.failures == 0 {
+        println!("all checks passed");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("{} check(s) failed", r.failures);
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn check_state_dir(r: &mut Report, dir: &std::path::Path) {
+    if !dir.exists() {
+        r.warn("state dir", format!("{} does not exist yet; `airut run` creates it", dir.display()));
+        return;
+    }
+    let probe = dir.join(".airut-check");
+    match std::fs::write(&probe, b"probe").and_then(|()| std::fs::remove_file(&probe)) {
+        Ok(()) => r.ok("state dir", format!("{} is writable", dir.display())),
+        Err(e) => r.fail("state dir", format!("{} is not writable: {e}", dir.display())),
+    }
+}
+
+async fn check_store(r: &mut Report, ctx: &access::Context) {
+    if !access::log_dir(&ctx.state_dir).exists() && crate::cli::runtime::read(&ctx.state_dir).ok().flatten().is_none() {
+        r.warn("store", "none yet; `airut run` creates it");
+        return;
+    }
+    let report: anyhow::Result<VerifyReport> = match access::connect(ctx).await {
+        Ok(Access::Remote(client)) => client.json(hyper::Method::GET, "/api/check").await,
+        Ok(Access::Local(store)) => {
+            let log = store.log.clone();
+            let report = tokio::task::spawn_blocking(move || log.verify()).await;
+            if let Err(e) = store.log.close().await {
+                r.fail("store", format!("closing: {e}"));
+            }
+            report.map_err(anyhow::Error::from)
+        }
+        Err(e) => Err(e),
+    };
+    match report {
+        Ok(report) => match &report.first_broken {
+            None => r.ok("store", &report),
+            Some(_) => r.fail("store", &report),
+        },
+        Err(e) => r.fail("store", format!("{e:#}")),
+    }
+}
+
+async fn check_git(r: &mut Report) {
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::process::Command::new("git").arg("--version").output(),
+    )
+    .await;
+    match out {
+        Ok(Ok(o)) if o.status.success() => r.ok("git", String::from_utf8_lossy(&o.stdout).trim()),
+        Ok(Ok(o)) => r.fail("git", format!("`git --version` exited with {}", o.status)),
+        Ok(Err(e)) => r.fail("git", format!("not found ({e}); install git (Debian: apt-get install git)")),
+        Err(_) => r.fail("git", "`git --version` did not answer within 10 s"),
+    }
+}

@@ -1,0 +1,158 @@
+//! `airut run`: the server process.
+//!
+//! Order of start: config → state dir → log → projections (caught up) →
+//! `config.loaded` → listener bound → runtime file → `server.started`.
+//! Shutdown on SIGINT/SIGTERM: cancel the token, stop accepting, let the
+//! tracked tasks finish under a grace deadline, record `server.stopped`,
+//! and close the log last (flush + fsync).
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::GlobalArgs;
+use super::access;
+use super::runtime::{self, RuntimeInfo};
+use crate::dashboard::{self, AppState};
+use crate::events::{ConfigLoadedV1, Event, RepoId, ServerStartedV1, ServerStoppedV1, StreamId};
+use crate::log::{ExpectedVersion, Log, LogOptions, NewEvent, StreamAppend};
+use crate::projections::Projections;
+
+/// How long running work gets to finish after a shutdown signal.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// Runs the server until a signal.
+pub async fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let ctx = access::load_context(global)?;
+    let state_dir = ctx.state_dir.clone();
+    create_private_dir(&state_dir)?;
+    if let Some(info) = runtime::read(&state_dir).ok().flatten()
+        && runtime::pid_alive(info.pid)
+        && info.pid != std::process::id()
+    {
+        anyhow::bail!(
+            "another server (pid {}) already runs on {} (API {}); stop it first",
+            info.pid,
+            state_dir.display(),
+            info.addr
+        );
+    }
+
+    let dir = access::log_dir(&state_dir);
+    let log = tokio::task::spawn_blocking(move || Log::open(&dir, LogOptions::default()))
+        .await?
+        .with_context(|| format!("opening the event log in {}", state_dir.display()))?;
+    let projections = {
+        let log = log.clone();
+        tokio::task::spawn_blocking(move || Projections::open(&log)).await??
+    };
+
+    let cfg = &ctx.loaded.config;
+    let generation = projections.config_generation()? + 1;
+    append_server(
+        &log,
+        Event::ConfigLoaded(ConfigLoadedV1 {
+            generation,
+            path: ctx
+                .loaded
+                .source
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            content_hash: ctx.loaded.content_hash,
+            repos: cfg.repos.keys().map(|k| RepoId(k.clone())).collect(),
+        }),
+    )
+    .await?;
+
+    let addr = SocketAddr::new(cfg.dashboard.bind, cfg.dashboard.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}: is another server running? change dashboard.port"))?;
+    let bound = listener.local_addr()?;
+    let token = runtime::new_token();
+    let guard = runtime::write(
+        &state_dir,
+        &RuntimeInfo {
+            addr: bound,
+            token: token.clone(),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        },
+    )
+    .context("writing the runtime file")?;
+    append_server(
+        &log,
+        Event::ServerStarted(ServerStartedV1 {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            listen: bound.to_string(),
+        }),
+    )
+    .await?;
+    tracing::info!(addr = %bound, state_dir = %state_dir.display(), "airut is serving");
+
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    tracker.spawn(projections.clone().follow(log.clone(), shutdown.child_token()));
+    let state = AppState::new(log.clone(), projections.clone(), token);
+    let stop = shutdown.child_token();
+    tracker.spawn(async move {
+        if let Err(e) = dashboard::serve(listener, state, async move { stop.cancelled().await }).await {
+            tracing::error!(error = %e, "the API server failed");
+        }
+    });
+
+    let reason = wait_for_signal().await;
+    tracing::info!(%reason, "shutting down");
+    shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(GRACE, tracker.wait()).await.is_err() {
+        tracing::warn!(grace = ?GRACE, "some tasks were still running after the grace period");
+    }
+    append_server(&log, Event::ServerStopped(ServerStoppedV1 { reason: reason.clone() })).await?;
+    log.close().await.context("closing the event log")?;
+    drop(guard);
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn append_server(log: &Log, event: Event) -> anyhow::Result<()> {
+    log.append(StreamAppend {
+        stream: StreamId::server(),
+        expected: ExpectedVersion::Any,
+        events: vec![NewEvent { event, causation: None }],
+    })
+    .await
+    .context("appending to the event log")?;
+    Ok(())
+}
+
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create the state dir {}", dir.display()))
+}
+
+async fn wait_for_signal() -> String {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM; only Ctrl-C will stop the server");
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT".to_owned();
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT".to_owned(),
+        _ = term.recv() => "SIGTERM".to_owned(),
+    }
+}
