@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod container;
 pub mod conversation;
+pub mod hex32;
 pub mod ids;
 pub mod image;
 pub mod message;
