@@ -23,7 +23,9 @@ pub mod image;
 pub mod message;
 pub mod network;
 pub mod reply;
+pub mod samples;
 pub mod server;
+mod summary;
 pub mod task;
 
 pub use container::*;
