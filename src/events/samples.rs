@@ -202,7 +202,9 @@ pub fn sample(ty: EventType) -> Event {
             tag: s("airut-repo:4f9c2a0e7b13d8c5"),
             ok: true,
             duration_ms: 48_700,
-            log_tail: s("COMMIT airut-repo:4f9c2a0e7b13d8c5\nSuccessfully tagged localhost/airut-repo:4f9c2a0e7b13d8c5"),
+            log_tail: s(
+                "COMMIT airut-repo:4f9c2a0e7b13d8c5\nSuccessfully tagged localhost/airut-repo:4f9c2a0e7b13d8c5",
+            ),
         }),
         EventType::ContainerCreated => Event::ContainerCreated(ContainerCreatedV1 {
             task,

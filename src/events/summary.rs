@@ -38,7 +38,11 @@ impl Event {
                     "config generation {} loaded from {from} ({}: {}), blake3 {}",
                     e.generation,
                     plural(e.repos.len(), "repo"),
-                    if repos.is_empty() { "-".to_owned() } else { repos.join(", ") },
+                    if repos.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        repos.join(", ")
+                    },
                     short_hash(&e.content_hash)
                 )
             }
@@ -187,11 +191,7 @@ impl Event {
                     let _ = write!(out, ", {}", plural(turns as usize, "turn"));
                 }
                 if !e.blocked_hosts.is_empty() {
-                    let _ = write!(
-                        out,
-                        ", {} blocked",
-                        plural(e.blocked_hosts.len(), "host")
-                    );
+                    let _ = write!(out, ", {} blocked", plural(e.blocked_hosts.len(), "host"));
                 }
                 if e.outcome != TaskOutcome::Succeeded && !e.reason.is_empty() {
                     let _ = write!(out, ": {}", text(&e.reason));
@@ -326,10 +326,7 @@ impl Event {
 }
 
 fn proxy_request(e: &ProxyRequestV1) -> String {
-    let default_port = matches!(
-        (e.scheme.as_str(), e.port),
-        ("https", 443) | ("http", 80)
-    );
+    let default_port = matches!((e.scheme.as_str(), e.port), ("https", 443) | ("http", 80));
     let port = if default_port {
         String::new()
     } else {
@@ -512,7 +509,9 @@ mod tests {
         e.blocked_hosts.clear();
         assert_eq!(
             Event::TaskCompleted(e).summary(),
-            format!("task {task} completed: TimedOut in 30m 00s: execution timeout (1800s) elapsed")
+            format!(
+                "task {task} completed: TimedOut in 30m 00s: execution timeout (1800s) elapsed"
+            )
         );
     }
 
