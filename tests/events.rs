@@ -225,6 +225,22 @@ fn codes_and_names_are_unique_and_look_up_both_ways() {
 }
 
 #[test]
+fn doc_catalogue_has_a_row_for_every_type() {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("doc/events.md"))
+        .expect("doc/events.md exists");
+    for &ty in EventType::ALL {
+        let row = format!(
+            "| `{}` | {} | {} | {:?} |",
+            ty.name(),
+            ty.code(),
+            ty.current_version(),
+            ty.durability()
+        );
+        assert!(doc.contains(&row), "doc/events.md lacks the row {row}");
+    }
+}
+
+#[test]
 fn unknown_codes_and_versions_are_typed_errors() {
     let bytes = aligned(&sample(EventType::TaskQueued).encode().unwrap());
     for code in [0, 7, 102, 999, u16::MAX] {
