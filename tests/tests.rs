@@ -2,3 +2,4 @@
 //! one area against real components.
 
 mod cli;
+mod events;

@@ -18,6 +18,9 @@ frozen! {
         pub message: EventId,
         /// Model chosen for it, when fixed at start.
         pub model: Option<String>,
+        /// Effort level chosen for it, when set; later tasks keep it even
+        /// if the repo's config changes.
+        pub effort: Option<String>,
         /// When the thread referred to an expired conversation, its id.
         pub replaces_expired: Option<ConversationId>,
     }

@@ -1,11 +1,12 @@
 //! Inbound message events: a message taken from a channel, or rejected.
 
-use super::{RepoId, frozen};
+use super::{ConversationId, RepoId, frozen};
 
 frozen! {
     /// Reference to content in the store's content-addressed blob keyspace.
     pub struct BlobRef {
-        /// BLAKE3 of the content.
+        /// BLAKE3 of the content (hex in JSON).
+        #[serde(with = "crate::events::hex32")]
         pub hash: [u8; 32],
         /// Size in bytes.
         pub size: u64,
@@ -40,6 +41,15 @@ frozen! {
         pub thread_keys: Vec<String>,
         /// The authenticated sender (address or Slack user id).
         pub sender: String,
+        /// How to show the sender (the From header as written, the Slack
+        /// display name); may equal `sender`.
+        pub sender_display: String,
+        /// The conversation the message refers to, as the channel parsed it
+        /// (our Message-ID in In-Reply-To/References, `[ID:…]` in the
+        /// subject, the Slack thread). Not checked: it may be unknown,
+        /// expired or another repo's; the gateway decides. Recorded so a
+        /// replay does not depend on today's parsing rules.
+        pub conversation_ref: Option<ConversationId>,
         /// Subject (email) or empty.
         pub subject: String,
         /// The text the agent will see, quotes stripped.

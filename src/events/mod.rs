@@ -17,12 +17,15 @@ use serde::{Deserialize, Serialize};
 
 pub mod container;
 pub mod conversation;
+pub mod hex32;
 pub mod ids;
 pub mod image;
 pub mod message;
 pub mod network;
 pub mod reply;
+pub mod samples;
 pub mod server;
+mod summary;
 pub mod task;
 
 pub use container::*;
@@ -188,12 +191,22 @@ macro_rules! catalogue {
                 })
             }
 
-            /// Decodes a payload stored as (code, version). `bytes` must be
-            /// 16-byte aligned (the log copies values into an `AlignedVec`);
-            /// they are fully validated, never trusted. Older versions go
-            /// through the upcasters registered in `migrations/`.
+            /// Decodes a payload stored as (code, version). The bytes are
+            /// fully validated, never trusted. They should be 16-byte
+            /// aligned (the log copies values into an `AlignedVec`); a
+            /// misaligned slice is copied to aligned memory first, so the
+            /// result never depends on where the caller's buffer landed.
+            /// Older versions go through the upcasters registered in
+            /// `migrations/`.
             pub fn decode(code: u16, version: u16, bytes: &[u8]) -> Result<Event, PayloadError> {
                 let ty = EventType::from_code(code).ok_or(PayloadError::UnknownType(code))?;
+                let copy;
+                let bytes = if bytes.as_ptr().align_offset(PAYLOAD_ALIGN) == 0 {
+                    bytes
+                } else {
+                    copy = aligned_copy(bytes);
+                    copy.as_slice()
+                };
                 if version != ty.current_version() {
                     return crate::migrations::upcast(ty, version, bytes);
                 }
@@ -240,6 +253,15 @@ catalogue! {
 
     ReplySent(ReplySentV1) = 700, ver 1, Durable, "reply.sent";
     ReplyFailed(ReplyFailedV1) = 701, ver 1, Durable, "reply.failed";
+}
+
+/// The alignment rkyv payloads are decoded at (that of `AlignedVec`).
+const PAYLOAD_ALIGN: usize = 16;
+
+fn aligned_copy(bytes: &[u8]) -> rkyv::util::AlignedVec<PAYLOAD_ALIGN> {
+    let mut copy = rkyv::util::AlignedVec::<PAYLOAD_ALIGN>::with_capacity(bytes.len());
+    copy.extend_from_slice(bytes);
+    copy
 }
 
 /// Validates `bytes` as the archived form of `T` and deserialises it.

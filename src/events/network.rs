@@ -36,6 +36,10 @@ frozen! {
         pub credentials: Vec<CredentialAnnotation>,
         /// The upstream URL when an override redirected the host.
         pub upstream_override: Option<String>,
+        /// Other annotations for the audit view, each `key: value` in the
+        /// order applied (`graphql-op: mutation/createIssue`,
+        /// `github-app: cached`, `region: us-east-1`). Never secret values.
+        pub notes: Vec<String>,
     }
 
     /// A DNS query reported by the relay (answered locally; never forwarded).
@@ -68,6 +72,10 @@ frozen! {
         pub action: CredentialAction,
         /// How many occurrences.
         pub count: u32,
+        /// The header acted on, lower-cased, when the action was on one
+        /// header (a stripped foreign `authorization`); none when it was
+        /// on the whole request (a re-signed request).
+        pub header: Option<String>,
     }
 
     /// What the proxy did with a credential.
@@ -78,5 +86,7 @@ frozen! {
         LeftMasked,
         /// A foreign or duplicate credential header was removed.
         Stripped,
+        /// The request was re-signed with the real key (AWS SigV4/SigV4A).
+        Resigned,
     }
 }

@@ -21,7 +21,8 @@ frozen! {
         pub generation: u64,
         /// Where it was read from; empty when no file exists (built-in defaults).
         pub path: String,
-        /// BLAKE3 of the file's bytes (all zero when no file exists).
+        /// BLAKE3 of the file's bytes (all zero when no file exists; hex in JSON).
+        #[serde(with = "crate::events::hex32")]
         pub content_hash: [u8; 32],
         /// The repos it declares.
         pub repos: Vec<RepoId>,

@@ -63,6 +63,14 @@ frozen! {
         pub input_tokens: u64,
         /// Token usage.
         pub output_tokens: u64,
+        /// Token usage: tokens written to the prompt cache.
+        pub cache_creation_input_tokens: u64,
+        /// Token usage: tokens read from the prompt cache.
+        pub cache_read_input_tokens: u64,
+        /// `WebSearch` tool uses (shown in the reply's usage footer).
+        pub web_searches: u32,
+        /// `WebFetch` tool uses (shown in the reply's usage footer).
+        pub web_fetches: u32,
         /// Hosts the proxy blocked during the run.
         pub blocked_hosts: Vec<String>,
     }
@@ -85,5 +93,8 @@ frozen! {
         SessionCorrupted,
         /// The container could not be built, started or exited abnormally.
         ContainerFailed,
+        /// airut itself failed around the run (workspace clone, mirror
+        /// update, allowlist parse, Claude binary fetch); `reason` says which.
+        InternalError,
     }
 }
