@@ -115,6 +115,8 @@ fn seed_conversation(state: &Path) -> ConversationId {
                 message_id: "<m1@example.com>".into(),
                 thread_keys: vec![],
                 sender: "alice@example.com".into(),
+                sender_display: "Alice <alice@example.com>".into(),
+                conversation_ref: None,
                 subject: "fix the typo in README <script>".into(),
                 body: "There is a typo: recieve.".into(),
                 raw: None,
@@ -133,6 +135,7 @@ fn seed_conversation(state: &Path) -> ConversationId {
             message: msg_id,
             model: Some("opus".into()),
             replaces_expired: None,
+            effort: None,
         }),
         Event::TaskQueued(TaskQueuedV1 {
             task,
@@ -159,6 +162,7 @@ fn seed_conversation(state: &Path) -> ConversationId {
             duration_us: 800,
             credentials: vec![],
             upstream_override: None,
+            notes: vec![],
         }),
         Event::DnsQuery(DnsQueryV1 { task, name: "evil.example".into(), qtype: 16, answer: "loopback".into() }),
         Event::TaskCompleted(TaskCompletedV1 {
@@ -172,6 +176,10 @@ fn seed_conversation(state: &Path) -> ConversationId {
             duration_ms: 12_000,
             input_tokens: 100,
             output_tokens: 50,
+            cache_creation_input_tokens: 0,
+            cache_read_input_tokens: 0,
+            web_searches: 0,
+            web_fetches: 0,
             blocked_hosts: vec!["evil.example".into()],
         }),
     ];

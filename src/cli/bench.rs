@@ -223,6 +223,7 @@ fn conversation_batches(conv: ConversationId) -> Vec<StreamAppend> {
                 message: msg,
                 model: Some("opus".into()),
                 replaces_expired: None,
+                effort: None,
             })),
             ne(Event::TaskQueued(TaskQueuedV1 {
                 task,
@@ -267,6 +268,10 @@ fn conversation_batches(conv: ConversationId) -> Vec<StreamAppend> {
                 duration_ms: 93_000,
                 input_tokens: 21_000,
                 output_tokens: 1_800,
+                cache_creation_input_tokens: 4_000,
+                cache_read_input_tokens: 16_000,
+                web_searches: 0,
+                web_fetches: 1,
                 blocked_hosts: vec![],
             })),
             ne(Event::ReplySent(ReplySentV1 {
@@ -331,8 +336,10 @@ fn proxy_request(task: TaskId, i: u64) -> Event {
             secret: "GH_TOKEN".into(),
             action: CredentialAction::Swapped,
             count: 1,
+            header: Some("authorization".into()),
         }],
         upstream_override: None,
+        notes: vec![],
     })
 }
 
