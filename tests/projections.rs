@@ -211,6 +211,8 @@ impl World {
                 message_id: format!("<m{n}@x>"),
                 thread_keys: vec![],
                 sender: "a@example.com".into(),
+                sender_display: "A <a@example.com>".into(),
+                conversation_ref: None,
                 subject: format!("subject {n}"),
                 body: "body".into(),
                 raw: None,
@@ -259,6 +261,7 @@ impl World {
                         thread_keys: vec![format!("<m{}@x>", self.messages), "shared".into()],
                         message,
                         model: slack.then(|| "sonnet".to_string()),
+                        effort: None,
                         replaces_expired: replaces,
                     }),
                 );
@@ -464,6 +467,10 @@ impl World {
                         duration_ms: 1000,
                         input_tokens: 10,
                         output_tokens: 20,
+                        cache_creation_input_tokens: 0,
+                        cache_read_input_tokens: 0,
+                        web_searches: 0,
+                        web_fetches: 0,
                         blocked_hosts: vec!["blocked.example".into()],
                     }),
                 );
@@ -530,8 +537,10 @@ impl World {
                             secret: "GH_TOKEN".into(),
                             action: CredentialAction::Swapped,
                             count: 1,
+                            header: None,
                         }],
                         upstream_override: None,
+                        notes: vec![],
                     }),
                 );
             }

@@ -83,6 +83,8 @@ pub enum AuditEntry {
         credentials: Vec<CredentialAnnotation>,
         /// The upstream URL when an override redirected the host.
         upstream_override: Option<String>,
+        /// Other annotations (`key: value`), in the order applied.
+        notes: Vec<String>,
     },
     /// A DNS query the relay answered.
     Dns {
@@ -165,6 +167,7 @@ fn request_entry(e: ProxyRequestV1) -> AuditEntry {
         duration_us: e.duration_us,
         credentials: e.credentials,
         upstream_override: e.upstream_override,
+        notes: e.notes,
     }
 }
 
@@ -536,6 +539,7 @@ mod tests {
             duration_us: 30,
             credentials: vec![],
             upstream_override: None,
+            notes: vec!["graphql-op: query/viewer".into()],
         };
         let row =
             AuditRow::from_event(&header(9, conv.stream(), -5), &Event::ProxyRequest(e)).unwrap();

@@ -92,6 +92,14 @@ pub struct Task {
     pub input_tokens: Option<u64>,
     /// Output tokens.
     pub output_tokens: Option<u64>,
+    /// Tokens written to the prompt cache.
+    pub cache_creation_input_tokens: Option<u64>,
+    /// Tokens read from the prompt cache.
+    pub cache_read_input_tokens: Option<u64>,
+    /// `WebSearch` tool uses.
+    pub web_searches: Option<u32>,
+    /// `WebFetch` tool uses.
+    pub web_fetches: Option<u32>,
     /// Hosts the proxy blocked during the run.
     pub blocked_hosts: Vec<String>,
     /// Messages that opened it.
@@ -312,6 +320,10 @@ impl Task {
             duration_ms: None,
             input_tokens: None,
             output_tokens: None,
+            cache_creation_input_tokens: None,
+            cache_read_input_tokens: None,
+            web_searches: None,
+            web_fetches: None,
             blocked_hosts: Vec::new(),
             messages: u32::try_from(e.messages.len()).unwrap_or(u32::MAX),
             coalesced: 0,
@@ -352,6 +364,10 @@ impl Task {
                 self.duration_ms = Some(e.duration_ms);
                 self.input_tokens = Some(e.input_tokens);
                 self.output_tokens = Some(e.output_tokens);
+                self.cache_creation_input_tokens = Some(e.cache_creation_input_tokens);
+                self.cache_read_input_tokens = Some(e.cache_read_input_tokens);
+                self.web_searches = Some(e.web_searches);
+                self.web_fetches = Some(e.web_fetches);
                 self.blocked_hosts = e.blocked_hosts.clone();
             }
             Event::ContainerCreated(e) => self.container_id = Some(e.container_id.clone()),
@@ -893,6 +909,10 @@ mod tests {
                 duration_ms: 10,
                 input_tokens: 5,
                 output_tokens: 6,
+                cache_creation_input_tokens: 7,
+                cache_read_input_tokens: 8,
+                web_searches: 1,
+                web_fetches: 2,
                 blocked_hosts: vec!["evil.example".into()],
             }),
         );
@@ -903,6 +923,10 @@ mod tests {
         assert_eq!(t.outcome, Some(TaskOutcome::Failed));
         assert_eq!(t.reason.as_deref(), Some("boom"));
         assert_eq!(t.cost_micros, Some(1234));
+        assert_eq!(
+            (t.cache_read_input_tokens, t.web_fetches),
+            (Some(8), Some(2))
+        );
         assert_eq!(t.blocked_hosts, vec!["evil.example".to_string()]);
     }
 

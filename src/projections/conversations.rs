@@ -64,6 +64,8 @@ pub struct Conversation {
     pub session_id: Option<String>,
     /// The model: fixed at start, then the model of the latest queued task.
     pub model: Option<String>,
+    /// The effort level, likewise.
+    pub effort: Option<String>,
     /// Tasks, in the order they were queued.
     pub tasks: Vec<TaskId>,
     /// Messages that opened or continued it.
@@ -99,6 +101,7 @@ impl Conversation {
             subject,
             session_id: None,
             model: e.model.clone(),
+            effort: e.effort.clone(),
             tasks: Vec::new(),
             message_count: 1,
             last_activity: at,
@@ -127,6 +130,7 @@ impl Conversation {
                     self.tasks.push(e.task);
                 }
                 self.model = Some(e.model.clone());
+                self.effort = e.effort.clone();
             }
             Event::TaskCompleted(e) => {
                 if let Some(s) = &e.session_id {
@@ -366,6 +370,7 @@ mod tests {
             thread_keys: vec!["<m1@x>".into(), "<m1@x>".into()],
             message: EventId(uuid::Uuid::from_u128(9)),
             model: Some("sonnet".into()),
+            effort: None,
             replaces_expired: None,
         };
         (header(5, id.stream(), 100), e)
@@ -411,6 +416,10 @@ mod tests {
                 duration_ms: 1,
                 input_tokens: 0,
                 output_tokens: 0,
+                cache_creation_input_tokens: 0,
+                cache_read_input_tokens: 0,
+                web_searches: 0,
+                web_fetches: 0,
                 blocked_hosts: vec![],
             })
         };

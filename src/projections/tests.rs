@@ -50,6 +50,8 @@ fn given_conversation(src: &MemorySource, c: ConversationId, t: TaskId) {
             message_id: format!("<m{}@x>", c.0),
             thread_keys: vec![],
             sender: "a@example.com".into(),
+            sender_display: "A <a@example.com>".into(),
+            conversation_ref: None,
             subject: format!("Subject {}", c.0),
             body: "hi".into(),
             raw: None,
@@ -66,6 +68,7 @@ fn given_conversation(src: &MemorySource, c: ConversationId, t: TaskId) {
             thread_keys: vec![format!("<m{}@x>", c.0)],
             message: received.event_id,
             model: None,
+            effort: None,
             replaces_expired: None,
         }),
     );
@@ -99,6 +102,7 @@ fn proxy(t: TaskId, host: &str) -> Event {
         duration_us: 9,
         credentials: vec![],
         upstream_override: None,
+        notes: vec![],
     })
 }
 
@@ -244,6 +248,10 @@ fn given_many_tasks_when_paging_then_every_task_is_listed_newest_first() {
                     duration_ms: 1,
                     input_tokens: 1,
                     output_tokens: 1,
+                    cache_creation_input_tokens: 0,
+                    cache_read_input_tokens: 0,
+                    web_searches: 0,
+                    web_fetches: 0,
                     blocked_hosts: vec![],
                 }),
             );
@@ -581,4 +589,58 @@ async fn wait_for_returns_once_the_seq_is_applied() {
         .unwrap()
         .unwrap();
     assert_eq!(p.applied_seq(), Some(Seq(4)));
+}
+
+#[test]
+fn given_a_sample_of_every_event_type_then_all_fold_and_verify() {
+    let (_dir, db) = db();
+    let src = MemorySource::default();
+    let conv = samples::sample_conversation();
+    for event in samples::samples() {
+        let stream = match &event {
+            Event::MessageReceived(m) => StreamId::channel(&m.repo, &m.channel),
+            Event::MessageRejected(m) => StreamId::channel(&m.repo, &m.channel),
+            Event::StoreCreated(_)
+            | Event::ConfigLoaded(_)
+            | Event::ServerStarted(_)
+            | Event::ServerStopped(_)
+            | Event::RepoBooted(_)
+            | Event::ChannelHealthChanged(_) => StreamId::server(),
+            _ => conv.stream(),
+        };
+        src.push(stream, event);
+    }
+    let p = open(&db, &src);
+    assert_eq!(p.applied_seq(), Some(Seq(src.all().len() as u64 - 1)));
+    assert!(p.conversations().get(conv).unwrap().is_some());
+    let task = p.board().task(samples::sample_task()).unwrap().unwrap();
+    assert_eq!(task.state, TaskState::Done);
+    let rows: Vec<_> = p
+        .audit()
+        .iter(&AuditQuery::default())
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows.len(), 2);
+    // Every field of the sample request reaches the row.
+    let Some(Event::ProxyRequest(req)) = samples::samples()
+        .into_iter()
+        .find(|e| matches!(e, Event::ProxyRequest(_)))
+    else {
+        panic!("no proxy request sample");
+    };
+    let AuditEntry::Request {
+        host,
+        notes,
+        credentials,
+        upstream_override,
+        ..
+    } = &rows[0].entry
+    else {
+        panic!("first row is not a request: {:?}", rows[0]);
+    };
+    assert_eq!(host, &req.host);
+    assert_eq!(notes, &req.notes);
+    assert_eq!(credentials, &req.credentials);
+    assert_eq!(upstream_override, &req.upstream_override);
+    assert!(p.verify_rebuild().unwrap().is_consistent());
 }
