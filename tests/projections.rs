@@ -1006,6 +1006,13 @@ mod log_backed {
             .unwrap()
             .unwrap();
         assert_eq!(p.dump().unwrap(), before);
+        let (p2, l) = (p.clone(), log.clone());
+        let report = tokio::task::spawn_blocking(move || p2.rebuild_command(&l, true))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(report.ok(), "{report}");
+        assert_eq!(report.seq, log.head());
         log.close().await.unwrap();
     }
 }

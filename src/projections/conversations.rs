@@ -5,9 +5,10 @@
 //!
 //! Keyspaces: `proj_conversations_views` (conversation id, 4 bytes BE →
 //! [`Conversation`] JSON), `proj_conversations_threads` (repo ‖ channel ‖
-//! thread key, length-prefixed → conversation id), `proj_conversations_subjects`
-//! (event id of a `message.received` not yet claimed → its subject), and
-//! `proj_conversations_meta`.
+//! thread key, length-prefixed → conversation id), `proj_conversations_messages`
+//! (event id of every `message.received` → its seq and subject, so a
+//! conversation's opening subject and the messages of its timeline, which
+//! live on the channel stream, can be found), and `proj_conversations_meta`.
 //!
 //! The fold ([`Conversation::started`], [`Conversation::apply`]) is pure; the
 //! [`ConversationsFold`] routes events to views through the chunk cache. The
@@ -30,7 +31,7 @@ pub(crate) const NAME: &str = "conversations";
 /// Bump when the stored shape or the fold changes: the state is rebuilt.
 pub(crate) const VERSION: u32 = 1;
 /// Data keyspaces (the meta keyspace aside).
-pub(crate) const KEYSPACES: &[&str] = &["views", "threads", "subjects"];
+pub(crate) const KEYSPACES: &[&str] = &["views", "threads", "messages"];
 
 /// Where and when something last happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +40,15 @@ pub struct Activity {
     pub seq: Seq,
     /// Its append time, microseconds since the Unix epoch.
     pub timestamp_us: i64,
+}
+
+/// Where a received message is in the log, and its subject.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRef {
+    /// Sequence of its `message.received` event.
+    pub seq: Seq,
+    /// Its subject (empty for Slack).
+    pub subject: String,
 }
 
 /// One conversation as the gateway and dashboard see it.
@@ -185,7 +195,7 @@ fn thread_prefix(repo: &RepoId, channel: &str) -> Vec<u8> {
 /// through a chunk-scoped cache.
 pub(crate) struct ConversationsFold {
     views: Views<Conversation>,
-    subjects: Views<String>,
+    messages: Views<MessageRef>,
     threads: Keyspace,
     /// Thread index writes in event order; the last writer of a key wins,
     /// the same way whatever the chunking.
@@ -200,7 +210,7 @@ impl ConversationsFold {
         Ok(ConversationsFold {
             views: Views::new(store::open_keyspace(db, ns, NAME, "views")?),
             threads: store::open_keyspace(db, ns, NAME, "threads")?,
-            subjects: Views::new(store::open_keyspace(db, ns, NAME, "subjects")?),
+            messages: Views::new(store::open_keyspace(db, ns, NAME, "messages")?),
             thread_writes: BTreeMap::new(),
         })
     }
@@ -210,7 +220,7 @@ impl ConversationsFold {
         vec![
             self.views.keyspace().clone(),
             self.threads.clone(),
-            self.subjects.keyspace().clone(),
+            self.messages.keyspace().clone(),
         ]
     }
 
@@ -218,11 +228,17 @@ impl ConversationsFold {
     pub(crate) fn stage(&mut self, header: &Header, event: &Event) -> Result<(), ProjectionError> {
         match event {
             Event::MessageReceived(m) => {
-                self.subjects
-                    .put(&message_key(header.event_id), m.subject.clone())?;
+                let at = MessageRef {
+                    seq: header.seq,
+                    subject: m.subject.clone(),
+                };
+                self.messages.put(&message_key(header.event_id), at)?;
             }
             Event::ConversationStarted(e) => {
-                let subject = self.subjects.take(&message_key(e.message))?;
+                let subject = self
+                    .messages
+                    .get_mut(&message_key(e.message))?
+                    .map(|m| m.subject.clone());
                 let view = Conversation::started(header, e, subject);
                 for k in &view.thread_keys {
                     self.thread_writes
@@ -230,10 +246,6 @@ impl ConversationsFold {
                 }
                 self.views.put(&view_key(view.id), view)?;
                 return Ok(());
-            }
-            Event::ConversationResumed(e) => {
-                // The message is claimed; its subject is not needed any more.
-                self.subjects.take(&message_key(e.message))?;
             }
             _ => {}
         }
@@ -257,7 +269,7 @@ impl ConversationsFold {
     /// Moves the chunk's changes into `batch` and empties the cache.
     pub(crate) fn flush(&mut self, batch: &mut fjall::OwnedWriteBatch) {
         self.views.flush(batch, |_, _| {});
-        self.subjects.flush(batch, |_, _| {});
+        self.messages.flush(batch, |_, _| {});
         for (k, v) in std::mem::take(&mut self.thread_writes) {
             batch.insert(&self.threads, k, v.to_vec());
         }
@@ -266,7 +278,7 @@ impl ConversationsFold {
     /// Drops the chunk's changes (after an error).
     pub(crate) fn discard(&mut self) {
         self.views.clear();
-        self.subjects.clear();
+        self.messages.clear();
         self.thread_writes.clear();
     }
 }
@@ -281,6 +293,7 @@ pub struct Conversations {
     db: Database,
     views: Keyspace,
     threads: Keyspace,
+    messages: Keyspace,
 }
 
 // === impl Conversations ===
@@ -291,7 +304,13 @@ impl Conversations {
             db: db.clone(),
             views: store::open_keyspace(db, Namespace::Live, NAME, "views")?,
             threads: store::open_keyspace(db, Namespace::Live, NAME, "threads")?,
+            messages: store::open_keyspace(db, Namespace::Live, NAME, "messages")?,
         })
+    }
+
+    /// Where the `message.received` event with this id is, and its subject.
+    pub fn message(&self, id: EventId) -> Result<Option<MessageRef>, ProjectionError> {
+        store::get_json(&self.messages, &message_key(id))
     }
 
     /// One conversation by id.

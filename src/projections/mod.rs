@@ -24,12 +24,12 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use fjall::{Database, Keyspace, Readable};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::events::{Event, Seq};
+use crate::events::{Event, EventId, Seq};
 use crate::log::{Header, Log, ReadError, Record};
 
 pub mod audit;
@@ -46,7 +46,7 @@ pub use board::{
     Board, ChannelStatus, ConfigInfo, Order, Repo, RepoBoot, ServerInfo, ServerStart, ServerStop,
     StateCounts, Task, TaskFilter, TaskPage, TaskState, TodoItem, TodoProgress,
 };
-pub use conversations::{Activity, Conversation, Conversations};
+pub use conversations::{Activity, Conversation, Conversations, MessageRef};
 
 use audit::AuditFold;
 use board::BoardFold;
@@ -158,7 +158,7 @@ fn decode_record(record: Record) -> Result<(Header, Event), ReadError> {
 pub type DumpEntry = (String, Vec<u8>, Vec<u8>);
 
 /// The outcome of [`Projections::verify_rebuild`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyReport {
     /// The sequence both states were folded up to.
     pub seq: Option<Seq>,
@@ -167,7 +167,7 @@ pub struct VerifyReport {
 }
 
 /// How one projection's live state compared with a fresh rebuild.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProjectionVerify {
     /// The projection.
     pub name: String,
@@ -180,7 +180,7 @@ pub struct ProjectionVerify {
 }
 
 /// One key that differs between live and rebuilt state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Difference {
     /// The keyspace (`proj_…`).
     pub keyspace: String,
@@ -190,6 +190,16 @@ pub struct Difference {
     pub live: Option<String>,
     /// The rebuilt value, likewise.
     pub rebuilt: Option<String>,
+}
+
+/// The outcome of `airut projections rebuild [--verify]`
+/// ([`Projections::rebuild_command`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebuildReport {
+    /// The sequence the rebuilt state reaches.
+    pub seq: Option<Seq>,
+    /// With `--verify`: how the state before the rebuild compared with it.
+    pub verify: Option<VerifyReport>,
 }
 
 /// A projection's progress, for `airut projections status`.
@@ -226,6 +236,53 @@ impl VerifyReport {
     /// Whether the rebuild equals the live state everywhere.
     pub fn is_consistent(&self) -> bool {
         self.projections.iter().all(|p| p.differences == 0)
+    }
+}
+
+// === impl RebuildReport ===
+
+impl RebuildReport {
+    /// Whether nothing was found wrong.
+    pub fn ok(&self) -> bool {
+        self.verify.as_ref().is_none_or(VerifyReport::is_consistent)
+    }
+}
+
+impl std::fmt::Display for RebuildReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.seq {
+            Some(seq) => writeln!(f, "projections rebuilt up to event {seq}")?,
+            None => writeln!(f, "projections rebuilt; the log is empty")?,
+        }
+        let Some(v) = &self.verify else {
+            return Ok(());
+        };
+        for p in &v.projections {
+            if p.differences == 0 {
+                writeln!(
+                    f,
+                    "{}: {} keys, identical to the rebuild",
+                    p.name, p.keys_compared
+                )?;
+                continue;
+            }
+            writeln!(
+                f,
+                "{}: {} of {} keys differed from the rebuild (now replaced); first:",
+                p.name, p.differences, p.keys_compared
+            )?;
+            for d in &p.first_differences {
+                writeln!(
+                    f,
+                    "  {} {}: live {} / rebuilt {}",
+                    d.keyspace,
+                    d.key,
+                    d.live.as_deref().unwrap_or("(absent)"),
+                    d.rebuilt.as_deref().unwrap_or("(absent)")
+                )?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -278,6 +335,22 @@ impl Projections {
         &self.inner.audit
     }
 
+    /// The sequence of the `message.received` event with this id (messages
+    /// live on their channel's stream, before their conversation exists).
+    pub fn find_message(&self, id: EventId) -> Result<Option<Seq>, ProjectionError> {
+        Ok(self.inner.conversations.message(id)?.map(|m| m.seq))
+    }
+
+    /// The latest config generation recorded (0 before the first).
+    pub fn config_generation(&self) -> Result<u64, ProjectionError> {
+        Ok(self
+            .inner
+            .board
+            .server()?
+            .config
+            .map_or(0, |c| c.generation))
+    }
+
     /// The last sequence every projection has applied and committed; `None`
     /// before the first event.
     pub fn applied_seq(&self) -> Option<Seq> {
@@ -311,12 +384,16 @@ impl Projections {
     /// Returns the applied sequence.
     pub fn catch_up(&self) -> Result<Option<Seq>, ProjectionError> {
         let mut w = self.lock_writer();
-        self.catch_up_locked(&mut w)
+        self.catch_up_locked(&mut w, &*self.inner.source)
     }
 
-    fn catch_up_locked(&self, w: &mut Writer) -> Result<Option<Seq>, ProjectionError> {
+    fn catch_up_locked(
+        &self,
+        w: &mut Writer,
+        source: &dyn EventSource,
+    ) -> Result<Option<Seq>, ProjectionError> {
         let from = w.low_water().map_or(Seq(0), Seq::next);
-        let result = w.apply_all(self.inner.source.read_from(from), None, |seq| {
+        let result = w.apply_all(source.read_from(from), None, |seq| {
             self.inner.applied.send_replace(seq);
         });
         self.inner.applied.send_replace(w.low_water());
@@ -343,12 +420,33 @@ impl Projections {
     /// Drops every projection's state and folds the whole log again.
     /// Blocking; readers see the state grow back from empty.
     pub fn rebuild(&self) -> Result<Option<Seq>, ProjectionError> {
+        self.rebuild_from(&*self.inner.source)
+    }
+
+    fn rebuild_from(&self, source: &dyn EventSource) -> Result<Option<Seq>, ProjectionError> {
         let mut w = self.lock_writer();
         for i in 0..PROJECTIONS.len() {
             w.reset(i)?;
         }
         self.inner.applied.send_replace(None);
-        self.catch_up_locked(&mut w)
+        self.catch_up_locked(&mut w, source)
+    }
+
+    /// `airut projections rebuild [--verify]`: with `verify`, first compares
+    /// the live state with a scratch rebuild (reporting what was wrong), then
+    /// drops the live state and folds `log` again. Blocking.
+    pub fn rebuild_command(
+        &self,
+        log: &Log,
+        verify: bool,
+    ) -> Result<RebuildReport, ProjectionError> {
+        let verify = if verify {
+            Some(self.verify_rebuild_from(log)?)
+        } else {
+            None
+        };
+        let seq = self.rebuild_from(log)?;
+        Ok(RebuildReport { seq, verify })
     }
 
     /// Rebuilds into scratch keyspaces (`projtmp_…`) up to the live state's
@@ -356,6 +454,13 @@ impl Projections {
     /// differences of each projection. The live state keeps following while
     /// this runs (it is compared through a snapshot). Blocking.
     pub fn verify_rebuild(&self) -> Result<VerifyReport, ProjectionError> {
+        self.verify_rebuild_from(&*self.inner.source)
+    }
+
+    fn verify_rebuild_from(
+        &self,
+        source: &dyn EventSource,
+    ) -> Result<VerifyReport, ProjectionError> {
         let _one_at_a_time = self
             .inner
             .verifying
@@ -363,7 +468,7 @@ impl Projections {
             .unwrap_or_else(|e| e.into_inner());
         let (target, snapshot, live) = {
             let mut w = self.lock_writer();
-            let target = self.catch_up_locked(&mut w)?;
+            let target = self.catch_up_locked(&mut w, source)?;
             (target, self.inner.db.snapshot(), w.data_keyspaces())
         };
         let mut scratch = Writer::open(&self.inner.db, Namespace::Scratch)?;
@@ -372,7 +477,7 @@ impl Projections {
         }
         let result = (|| {
             if let Some(t) = target {
-                scratch.apply_all(self.inner.source.read_from(Seq(0)), Some(t), |_| {})?;
+                scratch.apply_all(source.read_from(Seq(0)), Some(t), |_| {})?;
             }
             let rebuilt = scratch.data_keyspaces();
             let mut projections = Vec::new();
@@ -419,18 +524,28 @@ impl Projections {
         log: &Log,
         shutdown: CancellationToken,
     ) -> JoinHandle<Result<(), ProjectionError>> {
-        let this = self.clone();
-        let log = log.clone();
-        tokio::spawn(async move {
-            let result = this.follow(&log, shutdown).await;
-            if let Err(e) = &result {
-                tracing::error!(error = %e, "projections stopped following the log; restart airut or run `airut projections rebuild`");
-            }
-            result
-        })
+        tokio::spawn(self.clone().follow(log.clone(), shutdown))
     }
 
-    async fn follow(&self, log: &Log, shutdown: CancellationToken) -> Result<(), ProjectionError> {
+    /// The future behind [`Projections::spawn_follow`], for callers that
+    /// spawn on their own `TaskTracker`. Logs the error that stops it.
+    pub async fn follow(
+        self,
+        log: Log,
+        shutdown: CancellationToken,
+    ) -> Result<(), ProjectionError> {
+        let result = self.follow_inner(&log, shutdown).await;
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "projections stopped following the log; restart airut or run `airut projections rebuild`");
+        }
+        result
+    }
+
+    async fn follow_inner(
+        &self,
+        log: &Log,
+        shutdown: CancellationToken,
+    ) -> Result<(), ProjectionError> {
         let from = self.applied_seq().map_or(Seq(0), Seq::next);
         let mut sub = log.subscribe(from);
         loop {

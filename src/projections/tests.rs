@@ -154,6 +154,10 @@ fn given_a_conversation_when_opened_then_reply_keys_map_back_with_subject() {
     );
     assert_eq!(p.conversations().get(c).unwrap(), Some(conv));
     assert_eq!(p.applied_seq(), Some(Seq(4)));
+    let received = src.all()[1].0.event_id;
+    assert_eq!(p.find_message(received).unwrap(), Some(Seq(1)));
+    assert_eq!(p.find_message(EventId(uuid::Uuid::nil())).unwrap(), None);
+    assert_eq!(p.config_generation().unwrap(), 0);
     assert_eq!(
         p.board().server().unwrap().store_id,
         Some(uuid::Uuid::from_u128(77))
@@ -453,6 +457,7 @@ fn given_health_and_boot_events_then_repos_and_server_info() {
     assert_eq!(server.last_started.unwrap().pid, 42);
     assert!(server.last_stopped.is_none());
     assert_eq!(server.config.unwrap().generation, 3);
+    assert_eq!(p.config_generation().unwrap(), 3);
 }
 
 #[test]
@@ -643,4 +648,44 @@ fn given_a_sample_of_every_event_type_then_all_fold_and_verify() {
     assert_eq!(credentials, &req.credentials);
     assert_eq!(upstream_override, &req.upstream_override);
     assert!(p.verify_rebuild().unwrap().is_consistent());
+}
+
+#[test]
+fn rebuild_reports_say_what_differed() {
+    let diff = Difference {
+        keyspace: "proj_board_tasks".into(),
+        key: "k".into(),
+        live: Some("{}".into()),
+        rebuilt: None,
+    };
+    let report = RebuildReport {
+        seq: Some(Seq(9)),
+        verify: Some(VerifyReport {
+            seq: Some(Seq(9)),
+            projections: vec![ProjectionVerify {
+                name: "board".into(),
+                keys_compared: 3,
+                differences: 1,
+                first_differences: vec![diff],
+            }],
+        }),
+    };
+    assert!(!report.ok());
+    let text = report.to_string();
+    assert!(text.contains("up to event 9"), "{text}");
+    assert!(text.contains("board: 1 of 3 keys differed"), "{text}");
+    assert!(
+        text.contains("proj_board_tasks k: live {} / rebuilt (absent)"),
+        "{text}"
+    );
+    let back: RebuildReport =
+        serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
+    assert_eq!(back, report);
+    assert!(
+        RebuildReport {
+            seq: None,
+            verify: None
+        }
+        .ok()
+    );
 }
