@@ -1,6 +1,17 @@
 //! The `airut` binary end to end: a real server process on a scratch state
 //! dir, the read commands against it (API) and against the stopped store
 //! (direct), tampering caught by `check` and `audit verify`, and bad input.
+//!
+//! These tests drive child processes from plain threads, so they use the
+//! std clock and sleep (no tokio runtime to pause), and `kill(2)` to deliver
+//! SIGTERM as an operator would.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    unsafe_code
+)]
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -48,9 +59,19 @@ struct Server {
     info: RuntimeInfo,
 }
 
+impl Drop for Server {
+    fn drop(&mut self) {
+        // A test that failed half-way must not leave a server behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Server {
+    // The child is killed and reaped by `Drop`, or by the panic path below.
+    #[allow(clippy::zombie_processes)]
     fn start(state: &Path) -> Server {
-        let child = Command::new(env!("CARGO_BIN_EXE_airut"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_airut"))
             .arg("--config")
             .arg(state.join("airut.yaml"))
             .arg("--state-dir")
@@ -68,12 +89,16 @@ impl Server {
             {
                 return Server { child, info };
             }
-            assert!(std::time::Instant::now() < deadline, "server did not come up");
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("server did not come up");
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
-    fn stop(mut self) -> std::process::ExitStatus {
+    fn stop(&mut self) -> std::process::ExitStatus {
         let pid = libc::pid_t::try_from(self.child.id()).unwrap();
         // SAFETY: sending SIGTERM to our own child.
         unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -87,14 +112,21 @@ fn http(info: &RuntimeInfo, method: &str, path: &str, auth: bool) -> (u16, Strin
         return (0, String::new());
     };
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let auth = if auth { format!("Authorization: Bearer {}\r\n", info.token) } else { String::new() };
+    let auth = if auth {
+        format!("Authorization: Bearer {}\r\n", info.token)
+    } else {
+        String::new()
+    };
     write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf).into_owned();
     let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -145,7 +177,12 @@ fn seed_conversation(state: &Path) -> ConversationId {
             model: "opus".into(),
             effort: None,
         }),
-        Event::TaskStarted(TaskStartedV1 { task, attempt: 1, resume_session: None, prompt: "fix it".into() }),
+        Event::TaskStarted(TaskStartedV1 {
+            task,
+            attempt: 1,
+            resume_session: None,
+            prompt: "fix it".into(),
+        }),
         Event::ProxyRequest(ProxyRequestV1 {
             task,
             method: "GET".into(),
@@ -164,7 +201,12 @@ fn seed_conversation(state: &Path) -> ConversationId {
             upstream_override: None,
             notes: vec![],
         }),
-        Event::DnsQuery(DnsQueryV1 { task, name: "evil.example".into(), qtype: 16, answer: "loopback".into() }),
+        Event::DnsQuery(DnsQueryV1 {
+            task,
+            name: "evil.example".into(),
+            qtype: 16,
+            answer: "loopback".into(),
+        }),
         Event::TaskCompleted(TaskCompletedV1 {
             task,
             outcome: TaskOutcome::Succeeded,
@@ -189,12 +231,18 @@ fn seed_conversation(state: &Path) -> ConversationId {
         events: events.into_iter().map(ne).collect(),
     })
     .unwrap();
-    drop(log);
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(log.close())
+        .unwrap();
     conv
 }
 
 fn ne(event: Event) -> NewEvent {
-    NewEvent { event, causation: None }
+    NewEvent {
+        event,
+        causation: None,
+    }
 }
 
 fn store_dir(state: &Path) -> PathBuf {
@@ -204,7 +252,7 @@ fn store_dir(state: &Path) -> PathBuf {
 #[test]
 fn server_serves_api_and_cli_reads_through_it() {
     let dir = scratch();
-    let server = Server::start(dir.path());
+    let mut server = Server::start(dir.path());
     let info = server.info.clone();
 
     assert_eq!(http(&info, "GET", "/healthz", false).0, 200);
@@ -220,7 +268,10 @@ fn server_serves_api_and_cli_reads_through_it() {
     // Bad input: a malformed conversation id, an unknown route.
     let (code, body) = http(&info, "GET", "/api/conversations/nothex!!/timeline", true);
     assert_eq!(code, 400, "{body}");
-    assert_eq!(http(&info, "GET", "/api/conversations/00000000/timeline", true).0, 404);
+    assert_eq!(
+        http(&info, "GET", "/api/conversations/00000000/timeline", true).0,
+        404
+    );
     assert_eq!(http(&info, "GET", "/nope", true).0, 404);
     assert_eq!(http(&info, "GET", "/api/audit?format=xml", true).0, 400);
 
@@ -229,9 +280,17 @@ fn server_serves_api_and_cli_reads_through_it() {
     assert!(out.status.success(), "{}", stderr(&out));
     let types: Vec<String> = stdout(&out)
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["type"].as_str().unwrap().to_owned())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
-    assert_eq!(types[..3], ["store.created", "config.loaded", "server.started"]);
+    assert_eq!(
+        types[..3],
+        ["store.created", "config.loaded", "server.started"]
+    );
     let out = airut(dir.path(), &["check"]);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     assert!(stdout(&out).contains("ok    store"), "{}", stdout(&out));
@@ -258,10 +317,19 @@ fn replay_export_verify_and_check_on_a_stopped_store() {
     let out = airut(dir.path(), &["replay", &id]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    for needle in ["message.received", "conversation.started", "task.queued", "network.request", "task.completed"] {
+    for needle in [
+        "message.received",
+        "conversation.started",
+        "task.queued",
+        "network.request",
+        "task.completed",
+    ] {
         assert!(text.contains(needle), "replay lacks {needle}:\n{text}");
     }
-    assert!(text.find("message.received") < text.find("conversation.started"), "{text}");
+    assert!(
+        text.find("message.received") < text.find("conversation.started"),
+        "{text}"
+    );
 
     let out = airut(dir.path(), &["replay", &id, "--json"]);
     assert!(out.status.success());
@@ -276,7 +344,11 @@ fn replay_export_verify_and_check_on_a_stopped_store() {
     std::fs::write(&file, &export).unwrap();
     let out = airut(dir.path(), &["audit", "verify", file.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stdout(&out));
-    assert!(stdout(&out).contains("complete from genesis"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("complete from genesis"),
+        "{}",
+        stdout(&out)
+    );
 
     // Editing a readable field of one line is caught at that line.
     let tampered = export.replacen("evil.example", "good.example", 1);
@@ -285,17 +357,35 @@ fn replay_export_verify_and_check_on_a_stopped_store() {
     assert!(!out.status.success());
     assert!(stdout(&out).contains("FAILED at line"), "{}", stdout(&out));
     // Dropping a line breaks the chain.
-    let dropped: String = export.lines().enumerate().filter(|(i, _)| *i != 2).map(|(_, l)| format!("{l}\n")).collect();
+    let dropped: String = export
+        .lines()
+        .enumerate()
+        .filter(|(i, _)| *i != 2)
+        .map(|(_, l)| format!("{l}\n"))
+        .collect();
     std::fs::write(&file, dropped).unwrap();
     let out = airut(dir.path(), &["audit", "verify", file.to_str().unwrap()]);
-    assert!(stdout(&out).contains("partial") || !out.status.success(), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("partial") || !out.status.success(),
+        "{}",
+        stdout(&out)
+    );
     // Garbage is a failure, not a panic.
     std::fs::write(&file, "not json\n").unwrap();
     let out = airut(dir.path(), &["audit", "verify", file.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
 
     // Export of everything since the epoch, and CSV with formulas defused.
-    let out = airut(dir.path(), &["audit", "export", "--since", "1970-01-01T00:00:00Z"]);
+    let out = airut(
+        dir.path(),
+        &["audit", "export", "--since", "1970-01-01T00:00:00Z"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).lines().count(), 2);
     let out = airut(dir.path(), &["audit", "export", "--format", "csv"]);
@@ -310,7 +400,11 @@ fn replay_export_verify_and_check_on_a_stopped_store() {
     // Replay of an unknown or malformed id says so.
     let out = airut(dir.path(), &["replay", "00000000"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("no conversation 00000000"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no conversation 00000000"),
+        "{}",
+        stderr(&out)
+    );
     let out = airut(dir.path(), &["replay", "xyz"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("8 hex digits"), "{}", stderr(&out));
@@ -331,7 +425,9 @@ fn replay_export_verify_and_check_on_a_stopped_store() {
 /// Flips the last byte of the stored value at `seq` (in the payload).
 fn tamper_payload(store: &Path, seq: u64) {
     let db = fjall::Database::builder(store).open().unwrap();
-    let events = db.keyspace("events", fjall::KeyspaceCreateOptions::default).unwrap();
+    let events = db
+        .keyspace("events", fjall::KeyspaceCreateOptions::default)
+        .unwrap();
     let key = seq.to_be_bytes();
     let mut value = events.get(key).unwrap().unwrap().to_vec();
     let last = value.len() - 1;
@@ -343,12 +439,19 @@ fn tamper_payload(store: &Path, seq: u64) {
 #[test]
 fn bad_config_is_reported_with_its_line() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("airut.yaml"), "config_version: 1\ndashboard:\n  port: \"many\"\n").unwrap();
+    std::fs::write(
+        dir.path().join("airut.yaml"),
+        "config_version: 1\ndashboard:\n  port: \"many\"\n",
+    )
+    .unwrap();
     let out = airut(dir.path(), &["check"]);
     assert!(!out.status.success());
     let text = stdout(&out);
     assert!(text.contains("FAIL  config"), "{text}");
-    assert!(text.contains("dashboard.port") || text.contains("line 3") || text.contains(":3"), "{text}");
+    assert!(
+        text.contains("dashboard.port") || text.contains("line 3") || text.contains(":3"),
+        "{text}"
+    );
     let out = airut(dir.path(), &["run"]);
     assert!(!out.status.success());
 }

@@ -103,7 +103,11 @@ pub struct ExportStats {
 const CSV_HEADER: &str = "seq,time,conversation,task,type,decision,method,scheme,host,port,path,status,rule,reason,bytes_in,bytes_out,duration_us,credentials,upstream_override,dns_name,dns_qtype,dns_answer\n";
 
 /// Writes the export described by `q` to `out`.
-pub fn export_jsonl_csv(log: &Log, q: &ExportQuery, out: &mut dyn Write) -> anyhow::Result<ExportStats> {
+pub fn export_jsonl_csv(
+    log: &Log,
+    q: &ExportQuery,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExportStats> {
     let mut stats = ExportStats::default();
     if q.format == Format::Csv {
         out.write_all(CSV_HEADER.as_bytes())?;
@@ -137,7 +141,10 @@ pub fn export_jsonl_csv(log: &Log, q: &ExportQuery, out: &mut dyn Write) -> anyh
 }
 
 fn is_network(rec: &Record) -> bool {
-    matches!(rec.event_type(), Some(EventType::ProxyRequest | EventType::DnsQuery))
+    matches!(
+        rec.event_type(),
+        Some(EventType::ProxyRequest | EventType::DnsQuery)
+    )
 }
 
 fn emit(
@@ -171,7 +178,12 @@ fn emit(
 }
 
 /// Builds the JSONL line for `rec`; `full` includes payload and data.
-pub fn export_line(log: &Log, rec: &Record, prev_stream: Hash, full: bool) -> anyhow::Result<ExportLine> {
+pub fn export_line(
+    log: &Log,
+    rec: &Record,
+    prev_stream: Hash,
+    full: bool,
+) -> anyhow::Result<ExportLine> {
     let h = &rec.header;
     let prev_global = match h.seq.0.checked_sub(1) {
         None => chain::GENESIS,
@@ -184,7 +196,11 @@ pub fn export_line(log: &Log, rec: &Record, prev_stream: Hash, full: bool) -> an
         .event_type()
         .map(|t| t.name().to_owned())
         .unwrap_or_else(|| format!("unknown.{}", h.event_type));
-    let data = if full { Some(payload_json(&rec.decode()?)?) } else { None };
+    let data = if full {
+        Some(payload_json(&rec.decode()?)?)
+    } else {
+        None
+    };
     Ok(ExportLine {
         seq: h.seq.0,
         time: format_time(h.timestamp_us),
@@ -207,7 +223,9 @@ pub fn export_line(log: &Log, rec: &Record, prev_stream: Hash, full: bool) -> an
 /// The `data` part of an event's JSON form.
 pub(crate) fn payload_json(event: &Event) -> anyhow::Result<serde_json::Value> {
     let mut v = serde_json::to_value(event)?;
-    Ok(v.get_mut("data").map(serde_json::Value::take).unwrap_or(serde_json::Value::Null))
+    Ok(v.get_mut("data")
+        .map(serde_json::Value::take)
+        .unwrap_or(serde_json::Value::Null))
 }
 
 fn prev_stream_hash(log: &Log, rec: &Record) -> anyhow::Result<Hash> {
@@ -253,7 +271,11 @@ fn first_seq_at_or_after(log: &Log, since: i64) -> anyhow::Result<Seq> {
 
 fn write_csv_row(rec: &Record, out: &mut dyn Write) -> anyhow::Result<()> {
     let h = &rec.header;
-    let conv = h.stream.conversation().map(|c| c.to_string()).unwrap_or_default();
+    let conv = h
+        .stream
+        .conversation()
+        .map(|c| c.to_string())
+        .unwrap_or_default();
     let event = rec.decode()?;
     let mut cells: Vec<String> = vec![h.seq.0.to_string(), format_time(h.timestamp_us), conv];
     match &event {
@@ -296,7 +318,11 @@ fn write_csv_row(rec: &Record, out: &mut dyn Write) -> anyhow::Result<()> {
             cells.extend(std::iter::repeat_n(String::new(), 17));
         }
     }
-    let row = cells.iter().map(|c| csv_cell(c)).collect::<Vec<_>>().join(",");
+    let row = cells
+        .iter()
+        .map(|c| csv_cell(c))
+        .collect::<Vec<_>>()
+        .join(",");
     out.write_all(row.as_bytes())?;
     out.write_all(b"\n")?;
     Ok(())
@@ -310,7 +336,11 @@ pub(crate) fn csv_cell(s: &str) -> String {
     if !needs_quotes {
         return s.to_owned();
     }
-    let body = if formula { format!("'{s}") } else { s.to_owned() };
+    let body = if formula {
+        format!("'{s}")
+    } else {
+        s.to_owned()
+    };
     format!("\"{}\"", body.replace('"', "\"\""))
 }
 

@@ -22,7 +22,9 @@ pub fn write_timeline(
 ) -> anyhow::Result<u64> {
     let stream = conv.stream();
     if log.stream_version(&stream)? == 0 {
-        anyhow::bail!("no conversation {conv} in the log (ids are 8 hex digits, as in [ID:{conv}])");
+        anyhow::bail!(
+            "no conversation {conv} in the log (ids are 8 hex digits, as in [ID:{conv}])"
+        );
     }
     // Pass 1: the messages this conversation refers to.
     let mut messages = BTreeSet::new();
@@ -52,7 +54,7 @@ pub fn write_timeline(
     // Pass 2: merge by sequence.
     let mut written = 0u64;
     let mut pending = messages.into_iter().peekable();
-    let mut write = |seq: Seq, out: &mut dyn Write| -> anyhow::Result<()> {
+    let write = |seq: Seq, out: &mut dyn Write| -> anyhow::Result<()> {
         let rec = log
             .read(seq)?
             .ok_or_else(|| anyhow::anyhow!("event {seq} is missing from the log"))?;

@@ -76,7 +76,11 @@ pub fn verify_export(input: impl BufRead) -> VerifyOutcome {
     let mut last: Option<(u64, Hash)> = None;
     for (idx, line) in input.lines().enumerate() {
         let line_no = idx as u64 + 1;
-        let fail = |seq: Option<u64>, reason: String| Failure { line: line_no, seq, reason };
+        let fail = |seq: Option<u64>, reason: String| Failure {
+            line: line_no,
+            seq,
+            reason,
+        };
         let text = match line {
             Ok(t) => t,
             Err(e) => {
@@ -152,14 +156,23 @@ fn check_line(
     }
     let type_name = crate::events::EventType::from_code(header.event_type).map(|t| t.name());
     if type_name != Some(line.event_type.as_str()) {
-        return Err(format!("type {:?} differs from the header core's type code {}", line.event_type, header.event_type));
+        return Err(format!(
+            "type {:?} differs from the header core's type code {}",
+            line.event_type, header.event_type
+        ));
     }
     // Both chain links.
     if chain::link(&prev_stream, &core) != stream_hash {
-        return Err("stream_hash does not match BLAKE3(prev_stream_hash ‖ core): the event was altered".into());
+        return Err(
+            "stream_hash does not match BLAKE3(prev_stream_hash ‖ core): the event was altered"
+                .into(),
+        );
     }
     if chain::link(&prev_global, &core) != global_hash {
-        return Err("global_hash does not match BLAKE3(prev_global_hash ‖ core): the event was altered".into());
+        return Err(
+            "global_hash does not match BLAKE3(prev_global_hash ‖ core): the event was altered"
+                .into(),
+        );
     }
     // The payload, on full lines.
     if line.link {
@@ -167,9 +180,15 @@ fn check_line(
             return Err("a link line carries no payload or data".into());
         }
     } else {
-        let payload = c.payload.as_deref().and_then(unhex).ok_or("full line without a hex payload")?;
+        let payload = c
+            .payload
+            .as_deref()
+            .and_then(unhex)
+            .ok_or("full line without a hex payload")?;
         if chain::payload_hash(&payload) != header.payload_hash {
-            return Err("the payload does not hash to the value in the header core: it was altered".into());
+            return Err(
+                "the payload does not hash to the value in the header core: it was altered".into(),
+            );
         }
         let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
         aligned.extend_from_slice(&payload);
@@ -186,18 +205,26 @@ fn check_line(
             return Err(format!("seq {} does not follow {}", line.seq, prev_seq));
         }
         if line.seq == prev_seq + 1 && prev_hash != prev_global {
-            return Err(format!("prev_global_hash does not link to event {prev_seq}"));
+            return Err(format!(
+                "prev_global_hash does not link to event {prev_seq}"
+            ));
         }
     }
     *last = Some((line.seq, global_hash));
     match streams.get_mut(&line.stream) {
         Some(s) => {
             if line.stream_version <= s.last_version {
-                return Err(format!("stream {} version {} repeats or goes back", line.stream, line.stream_version));
+                return Err(format!(
+                    "stream {} version {} repeats or goes back",
+                    line.stream, line.stream_version
+                ));
             }
             if line.stream_version == s.last_version + 1 {
                 if prev_stream != s.last_hash {
-                    return Err(format!("prev_stream_hash does not link to version {} of {}", s.last_version, line.stream));
+                    return Err(format!(
+                        "prev_stream_hash does not link to version {} of {}",
+                        s.last_version, line.stream
+                    ));
                 }
             } else {
                 s.complete = false;
@@ -208,7 +235,10 @@ fn check_line(
         None => {
             let from_genesis = line.stream_version == 1;
             if from_genesis && prev_stream != chain::GENESIS {
-                return Err(format!("version 1 of {} does not start from the genesis value", line.stream));
+                return Err(format!(
+                    "version 1 of {} does not start from the genesis value",
+                    line.stream
+                ));
             }
             streams.insert(
                 line.stream.clone(),

@@ -92,7 +92,13 @@ pub async fn connect(ctx: &Context) -> anyhow::Result<Access> {
 pub async fn open_local(state_dir: &Path) -> anyhow::Result<LocalStore> {
     let dir = log_dir(state_dir);
     let log = tokio::task::spawn_blocking(move || {
-        Log::open(&dir, LogOptions { create: false, ..LogOptions::default() })
+        Log::open(
+            &dir,
+            LogOptions {
+                create: false,
+                ..LogOptions::default()
+            },
+        )
     })
     .await
     .context("opening the store")?

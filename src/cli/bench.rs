@@ -20,10 +20,13 @@ use crate::projections::Projections;
 
 /// Runs the log benchmark.
 pub async fn log(events: u64, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let scratch = tempfile::Builder::new().prefix("airut-bench-").tempdir_in(
-        dir.as_deref().unwrap_or(&std::env::temp_dir()),
-    )?;
-    println!("airut bench log: {events} events, store in {}", scratch.path().display());
+    let scratch = tempfile::Builder::new()
+        .prefix("airut-bench-")
+        .tempdir_in(dir.as_deref().unwrap_or(&std::env::temp_dir()))?;
+    println!(
+        "airut bench log: {events} events, store in {}",
+        scratch.path().display()
+    );
 
     // 1. Durable appends: 64 concurrent writers, one event each, group commit.
     {
@@ -61,24 +64,29 @@ pub async fn log(events: u64, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> 
     let log = open(&store).await?;
     let tenth = events / 10;
     let (single, batched) = fill(&log, events).await?;
-    println!("buffered append (64 concurrent writers, 1 event per append):  {single:>10.0} events/s");
-    println!("buffered append (batches of 64 events per append):            {batched:>10.0} events/s");
+    println!(
+        "buffered append (64 concurrent writers, 1 event per append):  {single:>10.0} events/s"
+    );
+    println!(
+        "buffered append (batches of 64 events per append):            {batched:>10.0} events/s"
+    );
 
     // 3. Replay decode.
     {
         let log = log.clone();
-        let (n, bytes, secs) = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64, f64)> {
-            let start = Instant::now();
-            let (mut n, mut bytes) = (0u64, 0u64);
-            for rec in log.iter_from(Seq(0)) {
-                let rec = rec?;
-                bytes += rec.payload.len() as u64 + rec.core.len() as u64 + 64;
-                std::hint::black_box(rec.decode()?);
-                n += 1;
-            }
-            Ok((n, bytes, start.elapsed().as_secs_f64()))
-        })
-        .await??;
+        let (n, bytes, secs) =
+            tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64, f64)> {
+                let start = Instant::now();
+                let (mut n, mut bytes) = (0u64, 0u64);
+                for rec in log.iter_from(Seq(0)) {
+                    let rec = rec?;
+                    bytes += rec.payload.len() as u64 + rec.core.len() as u64 + 64;
+                    std::hint::black_box(rec.decode()?);
+                    n += 1;
+                }
+                Ok((n, bytes, start.elapsed().as_secs_f64()))
+            })
+            .await??;
         println!(
             "replay (read + validate + decode every event):               {:>10.0} events/s ({n} events, {:.0} MB in {secs:.2} s)",
             n as f64 / secs,
@@ -90,7 +98,10 @@ pub async fn log(events: u64, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> 
     // 4. Rebuild at a tenth (its own store, same mix) and at the whole size.
     let tenth_dir = scratch.path().join("tenth");
     write_tenth(&tenth_dir, tenth).await?;
-    for (label, dir) in [(format!("{tenth}"), &tenth_dir), (format!("{events}"), &store)] {
+    for (label, dir) in [
+        (format!("{tenth}"), &tenth_dir),
+        (format!("{events}"), &store),
+    ] {
         let out = tokio::process::Command::new(std::env::current_exe()?)
             .args(["bench", "log-rebuild"])
             .arg(dir)
@@ -98,9 +109,15 @@ pub async fn log(events: u64, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> 
             .await
             .context("running the rebuild child")?;
         if !out.status.success() {
-            anyhow::bail!("rebuild child failed: {}", String::from_utf8_lossy(&out.stderr));
+            anyhow::bail!(
+                "rebuild child failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
-        println!("projection rebuild of {label:>8} events: {}", String::from_utf8_lossy(&out.stdout).trim());
+        println!(
+            "projection rebuild of {label:>8} events: {}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -125,7 +142,11 @@ pub async fn log_rebuild(dir: &Path) -> anyhow::Result<ExitCode> {
         "{secs:.2} s, peak RSS {:.1} MiB (after opening: {:.1} MiB){}",
         peak as f64 / 1024.0,
         rss_before as f64 / 1024.0,
-        if report.ok() { "" } else { " — REBUILD REPORTED A PROBLEM" }
+        if report.ok() {
+            ""
+        } else {
+            " — REBUILD REPORTED A PROBLEM"
+        }
     );
     log.close().await?;
     Ok(ExitCode::SUCCESS)
@@ -140,7 +161,10 @@ fn one(stream: StreamId, event: Event) -> StreamAppend {
     StreamAppend {
         stream,
         expected: ExpectedVersion::Any,
-        events: vec![NewEvent { event, causation: None }],
+        events: vec![NewEvent {
+            event,
+            causation: None,
+        }],
     }
 }
 
@@ -239,7 +263,7 @@ fn conversation_batches(conv: ConversationId) -> Vec<StreamAppend> {
     let mut run = Vec::new();
     for i in 0..80u64 {
         run.push(ne(match i % 5 {
-            0 | 1 | 2 => output_line(task, i),
+            0..=2 => output_line(task, i),
             3 if i % 20 == 3 => Event::DnsQuery(DnsQueryV1 {
                 task,
                 name: "api.github.com".into(),
@@ -289,11 +313,18 @@ fn conversation_batches(conv: ConversationId) -> Vec<StreamAppend> {
 }
 
 fn ne(event: Event) -> NewEvent {
-    NewEvent { event, causation: None }
+    NewEvent {
+        event,
+        causation: None,
+    }
 }
 
 fn buffered(stream: &StreamId, events: Vec<NewEvent>) -> StreamAppend {
-    StreamAppend { stream: stream.clone(), expected: ExpectedVersion::Any, events }
+    StreamAppend {
+        stream: stream.clone(),
+        expected: ExpectedVersion::Any,
+        events,
+    }
 }
 
 fn task_started(task: TaskId, i: u64) -> Event {
@@ -301,7 +332,8 @@ fn task_started(task: TaskId, i: u64) -> Event {
         task,
         attempt: 1,
         resume_session: (i % 2 == 1).then(|| "5f2c8a1e-0d3b-4c47-9a6e-2b7f1c3d4e5f".to_owned()),
-        prompt: "Please fix the typo in README.md (\"recieve\" → \"receive\") and open a PR.".into(),
+        prompt: "Please fix the typo in README.md (\"recieve\" → \"receive\") and open a PR."
+            .into(),
     })
 }
 
@@ -325,7 +357,11 @@ fn proxy_request(task: TaskId, i: u64) -> Event {
         host: "api.github.com".into(),
         port: 443,
         path: format!("/repos/acme/widgets/pulls?state=open&page={i}"),
-        decision: if i % 7 == 0 { Decision::Blocked } else { Decision::Allowed },
+        decision: if i.is_multiple_of(7) {
+            Decision::Blocked
+        } else {
+            Decision::Allowed
+        },
         rule: Some("api.github.com/repos/acme/widgets*".into()),
         reason: None,
         status: Some(200),

@@ -39,7 +39,10 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "no config file: built-in defaults (no repos)".to_owned());
-            r.ok("config", format!("{source} ({} repos)", ctx.loaded.config.repos.len()));
+            r.ok(
+                "config",
+                format!("{source} ({} repos)", ctx.loaded.config.repos.len()),
+            );
             for w in &ctx.loaded.warnings {
                 r.warn("config", w);
             }
@@ -66,18 +69,32 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
 
 fn check_state_dir(r: &mut Report, dir: &std::path::Path) {
     if !dir.exists() {
-        r.warn("state dir", format!("{} does not exist yet; `airut run` creates it", dir.display()));
+        r.warn(
+            "state dir",
+            format!(
+                "{} does not exist yet; `airut run` creates it",
+                dir.display()
+            ),
+        );
         return;
     }
     let probe = dir.join(".airut-check");
     match std::fs::write(&probe, b"probe").and_then(|()| std::fs::remove_file(&probe)) {
         Ok(()) => r.ok("state dir", format!("{} is writable", dir.display())),
-        Err(e) => r.fail("state dir", format!("{} is not writable: {e}", dir.display())),
+        Err(e) => r.fail(
+            "state dir",
+            format!("{} is not writable: {e}", dir.display()),
+        ),
     }
 }
 
 async fn check_store(r: &mut Report, ctx: &access::Context) {
-    if !access::log_dir(&ctx.state_dir).exists() && crate::cli::runtime::read(&ctx.state_dir).ok().flatten().is_none() {
+    if !access::log_dir(&ctx.state_dir).exists()
+        && crate::cli::runtime::read(&ctx.state_dir)
+            .ok()
+            .flatten()
+            .is_none()
+    {
         r.warn("store", "none yet; `airut run` creates it");
         return;
     }
@@ -105,13 +122,18 @@ async fn check_store(r: &mut Report, ctx: &access::Context) {
 async fn check_git(r: &mut Report) {
     let out = tokio::time::timeout(
         std::time::Duration::from_secs(10),
-        tokio::process::Command::new("git").arg("--version").output(),
+        tokio::process::Command::new("git")
+            .arg("--version")
+            .output(),
     )
     .await;
     match out {
         Ok(Ok(o)) if o.status.success() => r.ok("git", String::from_utf8_lossy(&o.stdout).trim()),
         Ok(Ok(o)) => r.fail("git", format!("`git --version` exited with {}", o.status)),
-        Ok(Err(e)) => r.fail("git", format!("not found ({e}); install git (Debian: apt-get install git)")),
+        Ok(Err(e)) => r.fail(
+            "git",
+            format!("not found ({e}); install git (Debian: apt-get install git)"),
+        ),
         Err(_) => r.fail("git", "`git --version` did not answer within 10 s"),
     }
 }

@@ -65,12 +65,25 @@ impl ApiClient {
             .context("building the API request")?;
         let resp = tokio::time::timeout(ANSWER_TIMEOUT, self.http.request(req))
             .await
-            .with_context(|| format!("the server at {} did not answer within {ANSWER_TIMEOUT:?}", self.info.addr))?
+            .with_context(|| {
+                format!(
+                    "the server at {} did not answer within {ANSWER_TIMEOUT:?}",
+                    self.info.addr
+                )
+            })?
             .with_context(|| format!("cannot reach the server at {}", self.info.addr))?;
         if !resp.status().is_success() {
             let status = resp.status();
-            let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-            bail!("server answered {status}: {}", String::from_utf8_lossy(&body).trim());
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            bail!(
+                "server answered {status}: {}",
+                String::from_utf8_lossy(&body).trim()
+            );
         }
         Ok(resp)
     }
@@ -81,7 +94,10 @@ impl ApiClient {
         path_and_query: &str,
         out: &mut (dyn std::io::Write + Send),
     ) -> anyhow::Result<()> {
-        let mut body = self.send(hyper::Method::GET, path_and_query).await?.into_body();
+        let mut body = self
+            .send(hyper::Method::GET, path_and_query)
+            .await?
+            .into_body();
         while let Some(frame) = body.frame().await {
             let frame = frame.context("reading the server's answer")?;
             if let Some(data) = frame.data_ref() {

@@ -7,7 +7,9 @@ use std::time::SystemTime;
 use anyhow::Context as _;
 
 use super::access::{self, Access};
-use super::{AuditCommand, BenchCommand, Cli, Command, EventsCommand, ExportFormat, ProjectionsCommand};
+use super::{
+    AuditCommand, BenchCommand, Cli, Command, EventsCommand, ExportFormat, ProjectionsCommand,
+};
 use crate::audit::{self, ExportFilter, ExportQuery, export::Format};
 use crate::events::{ConversationId, Seq};
 
@@ -24,14 +26,25 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let ctx = access::load_context(&cli.global)?;
             replay(&ctx, conv, json).await
         }
-        Command::Audit(AuditCommand::Export { conversation, since, format }) => {
-            let conversation = conversation.map(|c| c.parse::<ConversationId>()).transpose()?;
+        Command::Audit(AuditCommand::Export {
+            conversation,
+            since,
+            format,
+        }) => {
+            let conversation = conversation
+                .map(|c| c.parse::<ConversationId>())
+                .transpose()?;
             let since_us = since.as_deref().map(parse_since).transpose()?;
             let format = match format {
                 ExportFormat::Jsonl => Format::Jsonl,
                 ExportFormat::Csv => Format::Csv,
             };
-            let q = ExportQuery { conversation, since_us, format, filter: ExportFilter::Network };
+            let q = ExportQuery {
+                conversation,
+                since_us,
+                format,
+                filter: ExportFilter::Network,
+            };
             let ctx = access::load_context(&cli.global)?;
             export(&ctx, q).await
         }
@@ -61,17 +74,27 @@ where
     .await?
 }
 
-async fn tail(ctx: &access::Context, from: u64, follow: bool, json: bool) -> anyhow::Result<ExitCode> {
+async fn tail(
+    ctx: &access::Context,
+    from: u64,
+    follow: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     match access::connect(ctx).await? {
         Access::Remote(client) => {
             let mut out = std::io::stdout();
             client
-                .stream_to(&format!("/api/events?from={from}&follow={follow}&json={json}"), &mut out)
+                .stream_to(
+                    &format!("/api/events?from={from}&follow={follow}&json={json}"),
+                    &mut out,
+                )
                 .await?;
         }
         Access::Local(store) => {
             if follow {
-                eprintln!("note: no server is running, so nothing new will be appended; printing what is stored");
+                eprintln!(
+                    "note: no server is running, so nothing new will be appended; printing what is stored"
+                );
             }
             let log = store.log.clone();
             to_stdout(move |out| {
@@ -92,12 +115,19 @@ async fn tail(ctx: &access::Context, from: u64, follow: bool, json: bool) -> any
     Ok(ExitCode::SUCCESS)
 }
 
-async fn replay(ctx: &access::Context, conv: ConversationId, json: bool) -> anyhow::Result<ExitCode> {
+async fn replay(
+    ctx: &access::Context,
+    conv: ConversationId,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     match access::connect(ctx).await? {
         Access::Remote(client) => {
             let mut out = std::io::stdout();
             client
-                .stream_to(&format!("/api/conversations/{conv}/timeline?json={json}"), &mut out)
+                .stream_to(
+                    &format!("/api/conversations/{conv}/timeline?json={json}"),
+                    &mut out,
+                )
                 .await?;
         }
         Access::Local(store) => {
@@ -146,7 +176,8 @@ fn verify(file: &std::path::Path) -> anyhow::Result<ExitCode> {
     let input: Box<dyn BufRead> = if file.as_os_str() == "-" {
         Box::new(std::io::BufReader::new(std::io::stdin()))
     } else {
-        let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+        let f =
+            std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
         Box::new(std::io::BufReader::new(f))
     };
     let outcome = audit::verify_export(input);
@@ -160,7 +191,11 @@ fn verify(file: &std::path::Path) -> anyhow::Result<ExitCode> {
             s.stream,
             s.first_version,
             s.last_version,
-            if s.complete { "complete from genesis" } else { "partial (filtered export)" },
+            if s.complete {
+                "complete from genesis"
+            } else {
+                "partial (filtered export)"
+            },
             s.last_hash
         );
     }
@@ -185,19 +220,28 @@ async fn rebuild(ctx: &access::Context, verify: bool) -> anyhow::Result<ExitCode
     let report: crate::projections::RebuildReport = match access::connect(ctx).await? {
         Access::Remote(client) => {
             client
-                .json(hyper::Method::POST, &format!("/api/projections/rebuild?verify={verify}"))
+                .json(
+                    hyper::Method::POST,
+                    &format!("/api/projections/rebuild?verify={verify}"),
+                )
                 .await?
         }
         Access::Local(store) => {
             let log = store.log.clone();
             let projections = store.projections.clone();
-            let report = tokio::task::spawn_blocking(move || projections.rebuild_command(&log, verify)).await??;
+            let report =
+                tokio::task::spawn_blocking(move || projections.rebuild_command(&log, verify))
+                    .await??;
             store.log.close().await?;
             report
         }
     };
     println!("{report}");
-    Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// `--since`: RFC 3339 (`2026-11-28T10:00:00Z`) or an age (`2h`, `3days`).
@@ -206,7 +250,9 @@ pub(crate) fn parse_since(s: &str) -> anyhow::Result<i64> {
         Ok(t) => t,
         Err(_) => {
             let age = humantime::parse_duration(s).map_err(|_| {
-                anyhow::anyhow!("--since {s:?} is neither a time (2026-11-28T10:00:00Z) nor an age (2h, 3days)")
+                anyhow::anyhow!(
+                    "--since {s:?} is neither a time (2026-11-28T10:00:00Z) nor an age (2h, 3days)"
+                )
             })?;
             SystemTime::now()
                 .checked_sub(age)
@@ -227,7 +273,10 @@ mod tests {
     #[test]
     fn since_accepts_times_and_ages_and_explains_junk() {
         assert_eq!(parse_since("1970-01-01T00:00:01Z").unwrap(), 1_000_000);
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_micros() as i64;
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64;
         let two_h = parse_since("2h").unwrap();
         assert!((now - two_h - 7_200_000_000).abs() < 60_000_000);
         let err = parse_since("yesterday-ish").unwrap_err().to_string();

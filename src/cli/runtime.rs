@@ -108,7 +108,10 @@ mod tests {
             version: "test".into(),
         };
         let guard = write(dir.path(), &info).unwrap();
-        let mode = std::fs::metadata(path(dir.path())).unwrap().permissions().mode();
+        let mode = std::fs::metadata(path(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let back = read(dir.path()).unwrap().unwrap();
         assert_eq!(back.token, info.token);

@@ -70,9 +70,9 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     .await?;
 
     let addr = SocketAddr::new(cfg.dashboard.bind, cfg.dashboard.port);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}: is another server running? change dashboard.port"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr}: is another server running? change dashboard.port")
+    })?;
     let bound = listener.local_addr()?;
     let token = runtime::new_token();
     let guard = runtime::write(
@@ -98,11 +98,17 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
-    tracker.spawn(projections.clone().follow(log.clone(), shutdown.child_token()));
+    tracker.spawn(
+        projections
+            .clone()
+            .follow(log.clone(), shutdown.child_token()),
+    );
     let state = AppState::new(log.clone(), projections.clone(), token);
     let stop = shutdown.child_token();
     tracker.spawn(async move {
-        if let Err(e) = dashboard::serve(listener, state, async move { stop.cancelled().await }).await {
+        if let Err(e) =
+            dashboard::serve(listener, state, async move { stop.cancelled().await }).await
+        {
             tracing::error!(error = %e, "the API server failed");
         }
     });
@@ -114,7 +120,13 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     if tokio::time::timeout(GRACE, tracker.wait()).await.is_err() {
         tracing::warn!(grace = ?GRACE, "some tasks were still running after the grace period");
     }
-    append_server(&log, Event::ServerStopped(ServerStoppedV1 { reason: reason.clone() })).await?;
+    append_server(
+        &log,
+        Event::ServerStopped(ServerStoppedV1 {
+            reason: reason.clone(),
+        }),
+    )
+    .await?;
     log.close().await.context("closing the event log")?;
     drop(guard);
     tracing::info!("stopped");
@@ -125,7 +137,10 @@ async fn append_server(log: &Log, event: Event) -> anyhow::Result<()> {
     log.append(StreamAppend {
         stream: StreamId::server(),
         expected: ExpectedVersion::Any,
-        events: vec![NewEvent { event, causation: None }],
+        events: vec![NewEvent {
+            event,
+            causation: None,
+        }],
     })
     .await
     .context("appending to the event log")?;

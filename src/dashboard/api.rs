@@ -109,7 +109,9 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented {
-        Some(t) if constant_time_eq(t.as_bytes(), state.inner.token.as_bytes()) => next.run(req).await,
+        Some(t) if constant_time_eq(t.as_bytes(), state.inner.token.as_bytes()) => {
+            next.run(req).await
+        }
         _ => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing or wrong bearer token (it is in <state_dir>/server.json)",
@@ -145,12 +147,15 @@ async fn status(State(state): State<AppState>) -> Result<Json<Status>, ApiError>
 
 async fn events(State(state): State<AppState>, Query(p): Query<EventsParams>) -> Response {
     let log = state.log().clone();
-    let content_type = if p.json { "application/x-ndjson" } else { "text/plain; charset=utf-8" };
+    let content_type = if p.json {
+        "application/x-ndjson"
+    } else {
+        "text/plain; charset=utf-8"
+    };
     let body = if p.follow {
-        let mut sub = log.subscribe(Seq(p.from));
-        let stream = async_stream(move || {
-            let next = sub.next();
-            async move { next.await }
+        let sub = log.subscribe(Seq(p.from));
+        let stream = futures_util::stream::unfold(sub, |mut sub| async move {
+            sub.next().await.map(|item| (item, sub))
         });
         let json = p.json;
         Body::from_stream(futures_util::StreamExt::map(stream, move |rec| {
@@ -183,18 +188,6 @@ async fn events(State(state): State<AppState>, Query(p): Query<EventsParams>) ->
     streamed(content_type, body)
 }
 
-/// Turns a "next item" closure into a stream that ends on `None`.
-fn async_stream<F, Fut, T>(mut next: F) -> impl futures_util::Stream<Item = T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    futures_util::stream::unfold((), move |()| {
-        let fut = next();
-        async move { fut.await.map(|item| (item, ())) }
-    })
-}
-
 async fn timeline(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -208,23 +201,38 @@ async fn timeline(
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
     if exists == 0 {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no conversation {conv} in the log")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no conversation {conv} in the log"),
+        ));
     }
     let projections = state.projections().clone();
     let body = blocking_body(move |out| {
         let find = |id| projections.find_message(id).map_err(anyhow::Error::from);
         audit::write_timeline(&log, conv, &find, p.json, out).map(|_| ())
     });
-    let ct = if p.json { "application/x-ndjson" } else { "text/plain; charset=utf-8" };
+    let ct = if p.json {
+        "application/x-ndjson"
+    } else {
+        "text/plain; charset=utf-8"
+    };
     Ok(streamed(ct, body))
 }
 
-async fn audit_export(State(state): State<AppState>, Query(p): Query<AuditParams>) -> Result<Response, ApiError> {
+async fn audit_export(
+    State(state): State<AppState>,
+    Query(p): Query<AuditParams>,
+) -> Result<Response, ApiError> {
     let conversation = match p.conversation.as_deref() {
         Some(c) => Some(c.parse::<ConversationId>().map_err(ApiError::bad_request)?),
         None => None,
     };
-    let q = ExportQuery { conversation, since_us: p.since_us, format: p.format, filter: p.filter };
+    let q = ExportQuery {
+        conversation,
+        since_us: p.since_us,
+        format: p.format,
+        filter: p.filter,
+    };
     let log = state.log().clone();
     let body = blocking_body(move |out| audit::export_jsonl_csv(&log, &q, out).map(|_| ()));
     let ct = match p.format {
@@ -268,7 +276,10 @@ fn streamed(content_type: &'static str, body: Body) -> Response {
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into() }
+        ApiError {
+            status,
+            message: message.into(),
+        }
     }
 
     fn bad_request(e: impl std::fmt::Display) -> Self {
@@ -283,6 +294,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(serde_json::json!({ "error": self.message }))).into_response()
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
     }
 }

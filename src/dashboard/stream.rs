@@ -31,15 +31,18 @@ where
 {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     tokio::task::spawn_blocking(move || {
-        let mut w = ChannelWriter { buf: Vec::with_capacity(CHUNK), tx };
+        let mut w = ChannelWriter {
+            buf: Vec::with_capacity(CHUNK),
+            tx,
+        };
         let outcome = produce(&mut w).and_then(|()| w.flush().map_err(anyhow::Error::from));
         if let Err(e) = outcome {
             tracing::warn!(error = %e, "streamed response ended with an error");
             let _ = w.flush();
-            let _ = w.tx.blocking_send(Ok(Bytes::from(format!("error: {e:#}\n"))));
-            let _ = w
-                .tx
-                .blocking_send(Err(std::io::Error::other("stream ended with an error")));
+            let _ =
+                w.tx.blocking_send(Ok(Bytes::from(format!("error: {e:#}\n"))));
+            let _ =
+                w.tx.blocking_send(Err(std::io::Error::other("stream ended with an error")));
         }
     });
     Body::from_stream(tokio_stream_from(rx))
