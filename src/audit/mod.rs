@@ -23,6 +23,59 @@ pub use render::{EventLine, format_time, write_json_line, write_text_line};
 pub use timeline::write_timeline;
 pub use verify::{VerifyOutcome, verify_export};
 
+use serde::{Deserialize, Serialize};
+
+/// The store check as `airut check` prints it and `/api/check` returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreCheck {
+    /// Events verified (before the failure, if any).
+    pub events: u64,
+    /// Streams seen.
+    pub streams: u64,
+    /// The last verified sequence.
+    pub head: Option<u64>,
+    /// Its global chain value, hex: anchor it somewhere else.
+    pub head_hash: String,
+    /// The first broken link: its sequence and what is wrong.
+    pub failure: Option<(u64, String)>,
+}
+
+// === impl StoreCheck ===
+
+impl StoreCheck {
+    /// Runs the log's verification and summarises it.
+    pub fn run(log: &crate::log::Log) -> Result<StoreCheck, crate::log::ReadError> {
+        let r = log.verify()?;
+        Ok(StoreCheck {
+            events: r.events,
+            streams: r.streams,
+            head: r.head.map(|s| s.0),
+            head_hash: hex(&r.head_hash),
+            failure: r.failure.map(|f| (f.seq.0, f.reason)),
+        })
+    }
+}
+
+impl std::fmt::Display for StoreCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.failure {
+            None => write!(
+                f,
+                "{} events in {} streams, hash chains intact; head seq {} hash {}",
+                self.events,
+                self.streams,
+                self.head.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                self.head_hash
+            ),
+            Some((seq, reason)) => write!(
+                f,
+                "chain broken at seq {seq}: {reason} ({} events before it verified)",
+                self.events
+            ),
+        }
+    }
+}
+
 /// Lowercase hex of bytes.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);

@@ -140,11 +140,12 @@ fn check_line(
 ) -> Result<(), String> {
     let c = &line.chain;
     let core = unhex(&c.core).ok_or("core is not hex")?;
-    let header = Header::from_core(&core).map_err(|e| format!("core does not decode: {e}"))?;
     let prev_stream = hash_field("prev_stream_hash", &c.prev_stream_hash)?;
     let stream_hash = hash_field("stream_hash", &c.stream_hash)?;
     let prev_global = hash_field("prev_global_hash", &c.prev_global_hash)?;
     let global_hash = hash_field("global_hash", &c.global_hash)?;
+    let header = Header::from_core(&core, stream_hash, global_hash)
+        .map_err(|e| format!("core does not decode: {e}"))?;
 
     // The readable fields must say what the core says.
     if header.seq.0 != line.seq

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use super::GlobalArgs;
 use super::access::{self, Access};
-use crate::log::VerifyReport;
+use crate::audit::StoreCheck;
 
 struct Report {
     failures: u32,
@@ -98,20 +98,20 @@ async fn check_store(r: &mut Report, ctx: &access::Context) {
         r.warn("store", "none yet; `airut run` creates it");
         return;
     }
-    let report: anyhow::Result<VerifyReport> = match access::connect(ctx).await {
+    let report: anyhow::Result<StoreCheck> = match access::connect(ctx).await {
         Ok(Access::Remote(client)) => client.json(hyper::Method::GET, "/api/check").await,
         Ok(Access::Local(store)) => {
             let log = store.log.clone();
-            let report = tokio::task::spawn_blocking(move || log.verify()).await;
+            let report = tokio::task::spawn_blocking(move || StoreCheck::run(&log)).await;
             if let Err(e) = store.log.close().await {
                 r.fail("store", format!("closing: {e}"));
             }
-            report.map_err(anyhow::Error::from)
+            report.map_err(anyhow::Error::from).and_then(|r| r.map_err(anyhow::Error::from))
         }
         Err(e) => Err(e),
     };
     match report {
-        Ok(report) => match &report.first_broken {
+        Ok(report) => match &report.failure {
             None => r.ok("store", &report),
             Some(_) => r.fail("store", &report),
         },

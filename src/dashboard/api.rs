@@ -124,25 +124,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn status(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
-    let log = state.log().clone();
-    let head = log.head();
-    let head_hash = match head {
-        Some(seq) => tokio::task::spawn_blocking(move || log.read(seq))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?
-            .map(|r| audit::hex(&r.header.global_hash)),
-        None => None,
-    };
-    Ok(Json(Status {
+async fn status(State(state): State<AppState>) -> Json<Status> {
+    let head = state.log().head_hash();
+    Json(Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         pid: state.inner.pid,
         uptime_s: state.inner.started.elapsed().as_secs(),
-        head_seq: head.map(|s| s.0),
-        head_hash,
+        head_seq: head.map(|(s, _)| s.0),
+        head_hash: head.map(|(_, h)| audit::hex(&h)),
         projections_seq: state.projections().applied_seq().map(|s| s.0),
-    }))
+    })
 }
 
 async fn events(State(state): State<AppState>, Query(p): Query<EventsParams>) -> Response {
@@ -242,10 +233,11 @@ async fn audit_export(
     Ok(streamed(ct, body))
 }
 
-async fn check(State(state): State<AppState>) -> Result<Json<crate::log::VerifyReport>, ApiError> {
+async fn check(State(state): State<AppState>) -> Result<Json<audit::StoreCheck>, ApiError> {
     let log = state.log().clone();
-    let report = tokio::task::spawn_blocking(move || log.verify())
+    let report = tokio::task::spawn_blocking(move || audit::StoreCheck::run(&log))
         .await
+        .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
     Ok(Json(report))
 }
