@@ -144,3 +144,115 @@ pub fn upcast(ty: EventType, version: u16, _bytes: &[u8]) -> Result<Event, Paylo
         version,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> (tempfile::TempDir, fjall::Database) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = fjall::Database::builder(dir.path()).open().unwrap();
+        (dir, db)
+    }
+
+    fn mark(db: &fjall::Database, name: &str) -> Result<(), String> {
+        let ks = db
+            .keyspace("steps", fjall::KeyspaceCreateOptions::default)
+            .map_err(|e| e.to_string())?;
+        let n = ks.len().map_err(|e| e.to_string())?;
+        ks.insert(format!("{n:02}"), name).map_err(|e| e.to_string())
+    }
+
+    fn applied(db: &fjall::Database) -> Vec<String> {
+        let ks = db
+            .keyspace("steps", fjall::KeyspaceCreateOptions::default)
+            .unwrap();
+        ks.iter()
+            .map(|g| String::from_utf8(g.value().unwrap().to_vec()).unwrap())
+            .collect()
+    }
+
+    const STEPS: &[Step] = &[
+        Step {
+            from: 2,
+            to: 3,
+            name: "two-to-three",
+            apply: |db| mark(db, "2->3"),
+        },
+        Step {
+            from: 1,
+            to: 2,
+            name: "one-to-two",
+            apply: |db| mark(db, "1->2"),
+        },
+        Step {
+            from: 3,
+            to: 4,
+            name: "broken",
+            apply: |_| Err("disk full".to_owned()),
+        },
+    ];
+
+    #[test]
+    fn the_shipped_step_list_reaches_the_current_layout() {
+        let (_dir, db) = db();
+        let mut recorded = Vec::new();
+        let reached = run(&db, CURRENT_LAYOUT, &mut |l| {
+            recorded.push(l);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(reached, CURRENT_LAYOUT);
+        assert!(recorded.is_empty());
+    }
+
+    #[test]
+    fn steps_run_in_order_and_each_layout_is_recorded() {
+        let (_dir, db) = db();
+        let mut recorded = Vec::new();
+        let reached = run_steps(&db, STEPS, 1, 3, &mut |l| {
+            recorded.push(l);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(reached, 3);
+        assert_eq!(recorded, vec![2, 3]);
+        assert_eq!(applied(&db), vec!["1->2", "2->3"]);
+
+        // Resuming from the recorded layout runs only what is left.
+        let reached = run_steps(&db, STEPS, 2, 3, &mut |_| Ok(())).unwrap();
+        assert_eq!(reached, 3);
+        assert_eq!(applied(&db), vec!["1->2", "2->3", "2->3"]);
+    }
+
+    #[test]
+    fn a_failing_step_stops_at_the_last_good_layout() {
+        let (_dir, db) = db();
+        let mut recorded = Vec::new();
+        let err = run_steps(&db, STEPS, 1, 4, &mut |l| {
+            recorded.push(l);
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(
+            matches!(&err, MigrationError::Failed { name: "broken", from: 3, reason, .. } if reason == "disk full"),
+            "{err}"
+        );
+        assert_eq!(recorded, vec![2, 3]);
+    }
+
+    #[test]
+    fn gaps_and_backward_steps_are_errors() {
+        let (_dir, db) = db();
+        let err = run_steps(&db, STEPS, 0, 2, &mut |_| Ok(())).unwrap_err();
+        assert_eq!(err, MigrationError::NoStep { from: 0, target: 2 });
+        let backwards = [Step {
+            from: 1,
+            to: 1,
+            name: "loop",
+            apply: |_| Ok(()),
+        }];
+        let err = run_steps(&db, &backwards, 1, 2, &mut |_| Ok(())).unwrap_err();
+        assert!(matches!(err, MigrationError::BadStep { .. }), "{err}");
+    }
+}
