@@ -56,7 +56,9 @@ pub enum MigrationError {
     },
     /// A step does not move forward, or overshoots the target: a bug in the
     /// step table. Fix [`LAYOUT_STEPS`].
-    #[error("migration step {name:?} goes from layout {from} to {to}, not forward to at most {target}")]
+    #[error(
+        "migration step {name:?} goes from layout {from} to {to}, not forward to at most {target}"
+    )]
     BadStep {
         /// The step's name.
         name: &'static str,
@@ -126,7 +128,12 @@ pub fn run_steps(
             to: step.to,
             reason,
         };
-        tracing::info!(from = step.from, to = step.to, step = step.name, "migrating store layout");
+        tracing::info!(
+            from = step.from,
+            to = step.to,
+            step = step.name,
+            "migrating store layout"
+        );
         (step.apply)(db).map_err(failed)?;
         record(step.to).map_err(failed)?;
         layout = step.to;
@@ -160,7 +167,8 @@ mod tests {
             .keyspace("steps", fjall::KeyspaceCreateOptions::default)
             .map_err(|e| e.to_string())?;
         let n = ks.len().map_err(|e| e.to_string())?;
-        ks.insert(format!("{n:02}"), name).map_err(|e| e.to_string())
+        ks.insert(format!("{n:02}"), name)
+            .map_err(|e| e.to_string())
     }
 
     fn applied(db: &fjall::Database) -> Vec<String> {

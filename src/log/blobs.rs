@@ -58,9 +58,7 @@ pub(super) fn get(blobs: &Keyspace, hash: &Hash) -> Result<Option<Vec<u8>>, Blob
         return Ok(None);
     };
     if blake3::hash(&value).as_bytes() != hash {
-        return Err(BlobError::Corrupt {
-            hash: hex(hash),
-        });
+        return Err(BlobError::Corrupt { hash: hex(hash) });
     }
     Ok(Some(value.to_vec()))
 }

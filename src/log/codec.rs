@@ -113,7 +113,12 @@ pub fn encode_core(f: &CoreFields<'_>) -> Result<Vec<u8>, CodecError> {
     out.extend_from_slice(&f.stream_version.to_le_bytes());
     out.extend_from_slice(&f.timestamp_us.to_le_bytes());
     out.extend_from_slice(f.event_id.0.as_bytes());
-    out.extend_from_slice(f.causation.map(|c| *c.0.as_bytes()).unwrap_or([0; 16]).as_slice());
+    out.extend_from_slice(
+        f.causation
+            .map(|c| *c.0.as_bytes())
+            .unwrap_or([0; 16])
+            .as_slice(),
+    );
     out.extend_from_slice(&f.payload_len.to_le_bytes());
     out.extend_from_slice(&f.payload_hash);
     out.extend_from_slice(&stream_len.to_le_bytes());
@@ -236,7 +241,10 @@ impl Header {
             ));
         }
         if stream_version == 0 {
-            return Err(invalid("stream version", "0 (versions start at 1)".to_owned()));
+            return Err(invalid(
+                "stream version",
+                "0 (versions start at 1)".to_owned(),
+            ));
         }
         Ok(Header {
             format,
@@ -265,7 +273,9 @@ pub fn seq_key(seq: Seq) -> [u8; 8] {
 
 /// Parses an `events` key (or a `streams` value).
 pub fn parse_seq(bytes: &[u8]) -> Option<Seq> {
-    <[u8; 8]>::try_from(bytes).ok().map(|b| Seq(u64::from_be_bytes(b)))
+    <[u8; 8]>::try_from(bytes)
+        .ok()
+        .map(|b| Seq(u64::from_be_bytes(b)))
 }
 
 /// The prefix of every `streams` key of a stream: its bytes then 0x00 (which

@@ -362,8 +362,18 @@ impl Log {
     /// instead of waiting for the flush timer. Waits for `seq` to be written
     /// if it is beyond the head. Fails if the log is poisoned or closes first.
     pub async fn sync_to(&self, seq: Seq) -> Result<(), AppendError> {
+        self.wait_for_durable(seq, true).await
+    }
+
+    /// Waits until every event up to `seq` is fsynced, without asking for an
+    /// early fsync: the flush timer or a later durable append does it.
+    pub async fn wait_durable(&self, seq: Seq) -> Result<(), AppendError> {
+        self.wait_for_durable(seq, false).await
+    }
+
+    async fn wait_for_durable(&self, seq: Seq, flush: bool) -> Result<(), AppendError> {
         let mut progress = self.inner.store.progress.clone();
-        let mut asked = false;
+        let mut asked = !flush;
         loop {
             let p = *progress.borrow_and_update();
             if p.durable > seq.0 {

@@ -195,9 +195,7 @@ impl Store {
             .events
             .get(codec::seq_key(seq))
             .map_err(|e| ReadError::Storage(e.to_string()))?;
-        value
-            .map(|v| codec::decode_record(seq, &v))
-            .transpose()
+        value.map(|v| codec::decode_record(seq, &v)).transpose()
     }
 
     /// Events from `from`, in order, from one snapshot.
@@ -236,7 +234,11 @@ impl Store {
 
     /// The last index entry of a stream: (version, seq).
     pub fn stream_head(&self, stream: &StreamId) -> Result<Option<(u64, Seq)>, ReadError> {
-        let Some(guard) = self.streams.prefix(codec::stream_prefix(stream)).next_back() else {
+        let Some(guard) = self
+            .streams
+            .prefix(codec::stream_prefix(stream))
+            .next_back()
+        else {
             return Ok(None);
         };
         let (key, value) = guard
@@ -317,8 +319,13 @@ pub(super) struct Encoded {
 pub(super) fn encode_event(input: EncodeInput<'_>) -> Result<Encoded, String> {
     let payload = input.event.encode().map_err(|e| e.to_string())?;
     let ty = input.event.event_type();
-    let payload_len = u32::try_from(payload.len())
-        .map_err(|_| format!("{} payload of {} bytes is too large", ty.name(), payload.len()))?;
+    let payload_len = u32::try_from(payload.len()).map_err(|_| {
+        format!(
+            "{} payload of {} bytes is too large",
+            ty.name(),
+            payload.len()
+        )
+    })?;
     let core = codec::encode_core(&CoreFields {
         event_type: ty.code(),
         schema_version: ty.current_version(),
@@ -428,9 +435,8 @@ impl StreamIter {
     fn read_entry(&self, guard: fjall::Guard) -> Result<Record, ReadError> {
         let storage = |e: fjall::Error| ReadError::Storage(e.to_string());
         let (key, value) = guard.into_inner().map_err(storage)?;
-        let bad_index = |reason: String| {
-            ReadError::Storage(format!("stream {} index: {reason}", self.stream))
-        };
+        let bad_index =
+            |reason: String| ReadError::Storage(format!("stream {} index: {reason}", self.stream));
         let version = codec::parse_stream_key_version(&key)
             .ok_or_else(|| bad_index("malformed key".to_owned()))?;
         if version != self.expected {

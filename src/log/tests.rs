@@ -97,11 +97,14 @@ fn records_round_trip_through_the_codec() {
     assert_eq!(record.header.stream, conv(7));
     assert_eq!(record.header.stream_version, 2);
     assert!(record.header.causation.is_some());
-    assert_eq!(record.header.stream_hash, chain::link(&chain::GENESIS, &core));
+    assert_eq!(
+        record.header.stream_hash,
+        chain::link(&chain::GENESIS, &core)
+    );
     assert_eq!(record.decode().unwrap(), durable("test").event);
     // A header-only line (core and links) parses on its own.
-    let header = Header::from_core(&core, record.header.stream_hash, record.header.global_hash)
-        .unwrap();
+    let header =
+        Header::from_core(&core, record.header.stream_hash, record.header.global_hash).unwrap();
     assert_eq!(header, record.header);
 }
 
@@ -225,11 +228,21 @@ async fn a_store_with_a_newer_layout_is_refused_with_a_clear_error() {
 
     let err = Log::open(dir.path(), opts()).err().unwrap();
     assert!(
-        matches!(err, OpenError::NewerLayout { found: 99, supported: 1, .. }),
+        matches!(
+            err,
+            OpenError::NewerLayout {
+                found: 99,
+                supported: 1,
+                ..
+            }
+        ),
         "{err}"
     );
     let message = err.to_string();
-    assert!(message.contains("layout 99") && message.contains("upgrade airut"), "{message}");
+    assert!(
+        message.contains("layout 99") && message.contains("upgrade airut"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
@@ -237,15 +250,31 @@ async fn version_conflicts_are_typed_and_leave_other_appends_alone() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), opts()).unwrap();
     let first = log
-        .append(batch(conv(1), ExpectedVersion::NoStream, vec![durable("a")]))
+        .append(batch(
+            conv(1),
+            ExpectedVersion::NoStream,
+            vec![durable("a")],
+        ))
         .await
         .unwrap();
     assert_eq!(first.first, Seq(1));
 
     // Several appends race in one group; only the stale one fails.
-    let stale = log.append(batch(conv(1), ExpectedVersion::NoStream, vec![durable("b")]));
-    let fresh = log.append(batch(conv(1), ExpectedVersion::Exact(1), vec![durable("c")]));
-    let other = log.append(batch(conv(2), ExpectedVersion::NoStream, vec![durable("d")]));
+    let stale = log.append(batch(
+        conv(1),
+        ExpectedVersion::NoStream,
+        vec![durable("b")],
+    ));
+    let fresh = log.append(batch(
+        conv(1),
+        ExpectedVersion::Exact(1),
+        vec![durable("c")],
+    ));
+    let other = log.append(batch(
+        conv(2),
+        ExpectedVersion::NoStream,
+        vec![durable("d")],
+    ));
     let (stale, fresh, other) = tokio::join!(stale, fresh, other);
     match stale {
         Err(AppendError::VersionConflict {
@@ -278,7 +307,11 @@ async fn a_multi_stream_batch_with_one_conflict_writes_nothing() {
     let head = log.head();
     let err = log
         .append_all(vec![
-            batch(conv(2), ExpectedVersion::NoStream, vec![durable("b"), durable("c")]),
+            batch(
+                conv(2),
+                ExpectedVersion::NoStream,
+                vec![durable("b"), durable("c")],
+            ),
             batch(conv(1), ExpectedVersion::Exact(5), vec![durable("d")]),
         ])
         .await
@@ -293,7 +326,11 @@ async fn a_multi_stream_batch_with_one_conflict_writes_nothing() {
     // The same batch with the right version lands whole and in order.
     let done = log
         .append_all(vec![
-            batch(conv(2), ExpectedVersion::NoStream, vec![durable("b"), durable("c")]),
+            batch(
+                conv(2),
+                ExpectedVersion::NoStream,
+                vec![durable("b"), durable("c")],
+            ),
             batch(conv(1), ExpectedVersion::Exact(1), vec![durable("d")]),
             batch(conv(2), ExpectedVersion::Exact(2), vec![buffered("e")]),
         ])
@@ -314,7 +351,9 @@ async fn a_multi_stream_batch_with_one_conflict_writes_nothing() {
 async fn empty_and_genesis_appends_are_invalid() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), opts()).unwrap();
-    let empty = log.append(batch(conv(1), ExpectedVersion::Any, vec![])).await;
+    let empty = log
+        .append(batch(conv(1), ExpectedVersion::Any, vec![]))
+        .await;
     assert!(matches!(empty, Err(AppendError::Invalid(_))));
     assert!(matches!(
         log.append_all(vec![]).await,
@@ -325,7 +364,11 @@ async fn empty_and_genesis_appends_are_invalid() {
         causation: None,
     };
     let again = log
-        .append(batch(StreamId::server(), ExpectedVersion::Any, vec![genesis]))
+        .append(batch(
+            StreamId::server(),
+            ExpectedVersion::Any,
+            vec![genesis],
+        ))
         .await;
     assert!(matches!(again, Err(AppendError::Invalid(_))));
     assert_eq!(log.head(), Some(Seq(0)));
@@ -337,18 +380,28 @@ async fn a_corrupt_value_is_a_typed_error_naming_its_seq() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), opts()).unwrap();
     for i in 0..4 {
-        log.append(batch(conv(1), ExpectedVersion::Any, vec![durable(&format!("{i}"))]))
-            .await
-            .unwrap();
+        log.append(batch(
+            conv(1),
+            ExpectedVersion::Any,
+            vec![durable(&format!("{i}"))],
+        ))
+        .await
+        .unwrap();
     }
     overwrite(&log, 2, |v| v.truncate(40));
     let err = log.read(Seq(2)).unwrap_err();
-    assert!(matches!(err, ReadError::Corrupt { seq: Seq(2), .. }), "{err}");
+    assert!(
+        matches!(err, ReadError::Corrupt { seq: Seq(2), .. }),
+        "{err}"
+    );
     assert!(err.to_string().starts_with("event 2:"), "{err}");
 
     let items: Vec<_> = log.iter_from(Seq(0)).collect();
     assert_eq!(items.len(), 5);
-    assert!(matches!(items[2], Err(ReadError::Corrupt { seq: Seq(2), .. })));
+    assert!(matches!(
+        items[2],
+        Err(ReadError::Corrupt { seq: Seq(2), .. })
+    ));
     assert!(items[3].is_ok());
 
     // A subscription reports it in place and goes on.
@@ -370,9 +423,13 @@ async fn verify_finds_an_edited_payload_byte_at_exactly_its_seq() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), opts()).unwrap();
     for i in 0..6 {
-        log.append(batch(conv(i % 2), ExpectedVersion::Any, vec![durable("payload")]))
-            .await
-            .unwrap();
+        log.append(batch(
+            conv(i % 2),
+            ExpectedVersion::Any,
+            vec![durable("payload")],
+        ))
+        .await
+        .unwrap();
     }
     let report = log.verify().unwrap();
     assert!(report.is_ok(), "{report:?}");
@@ -475,7 +532,10 @@ async fn appends_after_close_fail_as_closed() {
         .await
         .unwrap_err();
     assert!(matches!(err, AppendError::Closed), "{err}");
-    assert!(matches!(other.sync_to(Seq(5)).await, Err(AppendError::Closed)));
+    assert!(matches!(
+        other.sync_to(Seq(5)).await,
+        Err(AppendError::Closed)
+    ));
     // The last handle's drop releases the store: it opens again.
     drop(other);
     let log = Log::open(dir.path(), opts()).unwrap();
@@ -487,7 +547,11 @@ fn append_blocking_works_outside_a_runtime_and_drop_stops_the_writer() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), opts()).unwrap();
     let a = log
-        .append_blocking(batch(conv(9), ExpectedVersion::NoStream, vec![durable("x")]))
+        .append_blocking(batch(
+            conv(9),
+            ExpectedVersion::NoStream,
+            vec![durable("x")],
+        ))
         .unwrap();
     assert_eq!((a.first, a.last), (Seq(1), Seq(1)));
     assert_eq!(log.durable_head(), Some(Seq(1)));
@@ -495,4 +559,23 @@ fn append_blocking_works_outside_a_runtime_and_drop_stops_the_writer() {
     let log = Log::open(dir.path(), opts()).unwrap();
     assert_eq!(log.head(), Some(Seq(1)));
     assert!(log.verify().unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn an_older_layout_without_a_migration_path_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), opts()).unwrap();
+    let meta = log
+        .database()
+        .keyspace("meta", KeyspaceCreateOptions::default)
+        .unwrap();
+    meta.insert("layout", 0u32.to_le_bytes()).unwrap();
+    drop(meta);
+    log.close().await.unwrap();
+
+    let err = Log::open(dir.path(), opts()).err().unwrap();
+    assert!(
+        matches!(&err, OpenError::Storage { reason, .. } if reason.contains("no migration step from layout 0")),
+        "{err}"
+    );
 }

@@ -94,10 +94,8 @@ pub(super) fn verify(store: &Store) -> Result<VerifyReport, ReadError> {
             };
             return Ok(report.fail(seq, reason.to_owned()));
         }
-        let (prev_version, prev_stream_hash) = heads
-            .get(&h.stream)
-            .copied()
-            .unwrap_or((0, chain::GENESIS));
+        let (prev_version, prev_stream_hash) =
+            heads.get(&h.stream).copied().unwrap_or((0, chain::GENESIS));
         if h.stream_version != prev_version.saturating_add(1) {
             return Ok(report.fail(
                 seq,
@@ -118,7 +116,10 @@ pub(super) fn verify(store: &Store) -> Result<VerifyReport, ReadError> {
             return Ok(report.fail(seq, "timestamp goes back".to_owned()));
         }
         let indexed = snapshot
-            .get(&store.streams, codec::stream_key(&h.stream, h.stream_version))
+            .get(
+                &store.streams,
+                codec::stream_key(&h.stream, h.stream_version),
+            )
             .map_err(storage)?;
         if indexed.as_deref().and_then(codec::parse_seq) != Some(seq) {
             return Ok(report.fail(

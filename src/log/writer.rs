@@ -176,10 +176,7 @@ impl Writer {
     }
 
     /// Handles one group; returns the reply of a close request, if any.
-    fn process(
-        &mut self,
-        group: Vec<Request>,
-    ) -> Option<oneshot::Sender<Result<(), AppendError>>> {
+    fn process(&mut self, group: Vec<Request>) -> Option<oneshot::Sender<Result<(), AppendError>>> {
         let mut appends = Vec::with_capacity(group.len());
         let mut flush = false;
         let mut close = None;
@@ -204,10 +201,7 @@ impl Writer {
     }
 
     /// Writes a group of appends as one batch and replies to each.
-    fn write_group(
-        &mut self,
-        appends: Vec<(Vec<StreamAppend>, AppendReply)>,
-    ) {
+    fn write_group(&mut self, appends: Vec<(Vec<StreamAppend>, AppendReply)>) {
         if self.poisoned {
             for (_, reply) in appends {
                 let _ = reply.send(Err(AppendError::Poisoned));
@@ -218,22 +212,14 @@ impl Writer {
         if self.heads.len() > MAX_CACHED_STREAMS {
             self.heads.clear();
         }
-        let mut batch = self
-            .store
-            .db
-            .batch()
-            .durability(Some(PersistMode::Buffer));
+        let mut batch = self.store.db.batch().durability(Some(PersistMode::Buffer));
         let mut staged = Vec::with_capacity(appends.len());
         for (batches, reply) in appends {
             match self.stage(&batches) {
                 Ok(stage) => {
                     for (seq, value, index_key) in stage.items {
                         batch.insert(&self.store.events, codec::seq_key(seq), value);
-                        batch.insert(
-                            &self.store.streams,
-                            index_key,
-                            codec::seq_key(seq).to_vec(),
-                        );
+                        batch.insert(&self.store.streams, index_key, codec::seq_key(seq).to_vec());
                     }
                     self.next_seq = stage.next_seq;
                     self.global_hash = stage.global_hash;
