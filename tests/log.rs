@@ -388,8 +388,10 @@ fn crash_child() {
 }
 
 /// Runs the child once against `dir`, kills it with SIGKILL at a random
-/// point after its first acknowledged append, returns the seqs it printed.
-async fn run_and_kill_child(dir: &Path, rng: &mut impl Rng) -> Vec<u64> {
+/// point after its first acknowledged append (or, when `early`, at a random
+/// point of its start-up, possibly while it creates the store), returns the
+/// seqs it printed.
+async fn run_and_kill_child(dir: &Path, rng: &mut impl Rng, early: bool) -> Vec<u64> {
     let exe = std::env::current_exe().unwrap();
     let mut child = tokio::process::Command::new(exe)
         .args([
@@ -411,7 +413,7 @@ async fn run_and_kill_child(dir: &Path, rng: &mut impl Rng) -> Vec<u64> {
             .and_then(|s| s.parse::<u64>().ok())
     };
     // Wait for the first acknowledged append, then a random delay.
-    while seqs.is_empty() {
+    while seqs.is_empty() && !early {
         let line = timeout(PATIENCE, lines.next_line())
             .await
             .expect("child made no progress")
@@ -419,7 +421,7 @@ async fn run_and_kill_child(dir: &Path, rng: &mut impl Rng) -> Vec<u64> {
             .expect("child exited before appending");
         seqs.extend(parse(&line));
     }
-    let delay = Duration::from_millis(rng.random_range(0..400));
+    let delay = Duration::from_millis(rng.random_range(0..if early { 40 } else { 400 }));
     let deadline = tokio::time::sleep(delay);
     tokio::pin!(deadline);
     loop {
@@ -427,7 +429,7 @@ async fn run_and_kill_child(dir: &Path, rng: &mut impl Rng) -> Vec<u64> {
             () = &mut deadline => break,
             line = lines.next_line() => match line.unwrap() {
                 Some(line) => seqs.extend(parse(&line)),
-                None => panic!("child exited on its own"),
+                None => panic!("child exited on its own: does the test filter still match?"),
             },
         }
     }
@@ -445,8 +447,12 @@ async fn sigkill_at_random_points_loses_no_acknowledged_event() {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = rand::rng();
     let mut acked = BTreeSet::new();
+    // First a few kills during start-up (store creation, recovery).
+    for _ in 0..3 {
+        acked.extend(run_and_kill_child(dir.path(), &mut rng, true).await);
+    }
     for round in 0..5 {
-        let printed = run_and_kill_child(dir.path(), &mut rng).await;
+        let printed = run_and_kill_child(dir.path(), &mut rng, false).await;
         assert!(!printed.is_empty());
         acked.extend(printed);
 
@@ -935,4 +941,20 @@ async fn a_conflict_in_one_append_all_leaves_concurrent_appends_intact() {
     assert_eq!(good.first, Seq(1));
     assert_eq!(log.stream_version(&a).unwrap(), 0);
     assert_eq!(log.head(), Some(Seq(1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_during_store_creation_never_leaves_a_half_created_store() {
+    let mut rng = rand::rng();
+    for round in 0..10 {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("store");
+        run_and_kill_child(&dir, &mut rng, true).await;
+        // Either a complete store, or none (and creating one works).
+        let log =
+            Log::open(&dir, LogOptions::default()).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let report = log.verify().unwrap();
+        assert!(report.is_ok(), "round {round}: {report:?}");
+        drop(log);
+    }
 }

@@ -79,28 +79,15 @@ impl Store {
             if !create {
                 return Err(OpenError::Missing(path));
             }
-            std::fs::create_dir_all(dir).map_err(|e| storage(e.to_string()))?;
+            create_store(dir).map_err(&storage)?;
         }
-        let db = Database::builder(dir)
-            .manual_journal_persist(true)
-            .max_journaling_size(64 << 20)
-            .open()
-            .map_err(|e| match e {
-                fjall::Error::Locked => {
-                    storage("locked by another process (is airut running?)".to_owned())
-                }
-                e => storage(e.to_string()),
-            })?;
-        let ks = |name: &str, opts: fn() -> KeyspaceCreateOptions| {
-            db.keyspace(name, opts).map_err(|e| storage(e.to_string()))
-        };
-        let meta = ks("meta", KeyspaceCreateOptions::default)?;
-        let events = ks("events", KeyspaceCreateOptions::default)?;
-        let streams = ks("streams", KeyspaceCreateOptions::default)?;
-        let blobs = ks("blobs", || {
-            KeyspaceCreateOptions::default()
-                .with_kv_separation(Some(fjall::KvSeparationOptions::default()))
-        })?;
+        let Keyspaces {
+            db,
+            meta,
+            events,
+            streams,
+            blobs,
+        } = Keyspaces::open(dir).map_err(&storage)?;
 
         let layout = meta
             .get(META_LAYOUT)
@@ -136,10 +123,11 @@ impl Store {
                             .to_owned(),
                     ));
                 }
-                if !create {
-                    return Err(OpenError::Missing(path));
-                }
-                write_genesis(&db, &events, &streams, &meta).map_err(storage)?;
+                // Creation is atomic (see `create_store`), so this is a
+                // store created by something else, or damaged.
+                return Err(storage(
+                    "the directory holds a database without an airut layout record".to_owned(),
+                ));
             }
         }
 
@@ -253,6 +241,88 @@ impl Store {
             ))),
         }
     }
+}
+
+/// The database and the log's keyspaces.
+struct Keyspaces {
+    db: Database,
+    meta: Keyspace,
+    events: Keyspace,
+    streams: Keyspace,
+    blobs: Keyspace,
+}
+
+impl Keyspaces {
+    /// Opens (creating if needed) the database at `dir` and its keyspaces.
+    fn open(dir: &Path) -> Result<Keyspaces, String> {
+        let db = Database::builder(dir)
+            .manual_journal_persist(true)
+            .max_journaling_size(64 << 20)
+            .open()
+            .map_err(|e| match e {
+                fjall::Error::Locked => "locked by another process (is airut running?)".to_owned(),
+                e => e.to_string(),
+            })?;
+        let ks = |name: &str, opts: fn() -> KeyspaceCreateOptions| {
+            db.keyspace(name, opts).map_err(|e| e.to_string())
+        };
+        Ok(Keyspaces {
+            meta: ks("meta", KeyspaceCreateOptions::default)?,
+            events: ks("events", KeyspaceCreateOptions::default)?,
+            streams: ks("streams", KeyspaceCreateOptions::default)?,
+            blobs: ks("blobs", || {
+                KeyspaceCreateOptions::default()
+                    .with_kv_separation(Some(fjall::KvSeparationOptions::default()))
+            })?,
+            db,
+        })
+    }
+}
+
+/// Creates a store at `dir` atomically: built and fsynced (genesis
+/// included) in a staging directory beside it, then renamed into place. A
+/// crash part-way leaves only the staging directory, which the next attempt
+/// removes; never a half-created database at `dir`.
+fn create_store(dir: &Path) -> Result<(), String> {
+    let name = dir
+        .file_name()
+        .ok_or_else(|| "the store path has no final component".to_owned())?;
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+    if let Ok(mut entries) = std::fs::read_dir(dir)
+        && entries.next().is_some()
+    {
+        return Err(
+            "the directory is not empty and holds no store; refusing to create one there"
+                .to_owned(),
+        );
+    }
+    let mut staging_name = std::ffi::OsString::from(".");
+    staging_name.push(name);
+    staging_name.push(".creating");
+    let staging = parent.join(staging_name);
+    if staging.exists() {
+        // Left by an interrupted creation: it never held acknowledged events.
+        std::fs::remove_dir_all(&staging).map_err(|e| e.to_string())?;
+    }
+    {
+        let ks = Keyspaces::open(&staging)?;
+        write_genesis(&ks.db, &ks.events, &ks.streams, &ks.meta)?;
+        ks.db
+            .persist(PersistMode::SyncAll)
+            .map_err(|e| e.to_string())?;
+        // Dropping the last handles closes the database and its lock.
+    }
+    // Replaces `dir` if it is an empty directory (as made by a caller).
+    std::fs::rename(&staging, dir)
+        .map_err(|e| format!("cannot move the new store into place: {e}"))?;
+    std::fs::File::open(parent)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// Appends the store-creation event (seq 0) and the meta records in one
