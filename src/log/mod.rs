@@ -519,7 +519,9 @@ impl Drop for Inner {
 impl Subscription {
     /// The next event, waiting for one when caught up; `None` when the log closed.
     ///
-    /// A record that cannot be read is returned as an error and skipped: the
+    /// `None` comes only after every event written before the close (or
+    /// before a storage error poisoned the log) was delivered. Cancel-safe
+    /// between events. A record that cannot be read is returned as an error and skipped: the
     /// next call continues with the following seq.
     pub async fn next(&mut self) -> Option<Result<Record, ReadError>> {
         self.inner.next().await

@@ -20,7 +20,7 @@ use super::store::Store;
 use super::{Hash, ReadError, chain, codec};
 use crate::events::{Event, EventType, Seq, StreamId};
 
-/// The outcome of [`verify`].
+/// The outcome of [`Log::verify`](super::Log::verify).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct VerifyReport {
     /// Events verified (before the failure, if any).
