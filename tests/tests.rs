@@ -1,2 +1,6 @@
+//! The one integration-test binary (one link on 2 cores); each module covers
+//! one area against real components.
+
 mod events;
+mod log;
 mod projections;
