@@ -568,6 +568,8 @@ fn fixture_events(raw: BlobRef) -> Vec<(StreamId, Event)> {
                 message_id: "<m1@example.com>".to_owned(),
                 thread_keys: vec![],
                 sender: "alice@example.com".to_owned(),
+                sender_display: "Alice <alice@example.com>".to_owned(),
+                conversation_ref: None,
                 subject: "fix the build".to_owned(),
                 body: "Please fix it.".to_owned(),
                 raw: Some(raw.clone()),
@@ -590,6 +592,7 @@ fn fixture_events(raw: BlobRef) -> Vec<(StreamId, Event)> {
                 message,
                 model: Some("opus".to_owned()),
                 replaces_expired: None,
+                effort: None,
             }),
         ),
         (
@@ -711,8 +714,10 @@ fn fixture_events(raw: BlobRef) -> Vec<(StreamId, Event)> {
                     secret: "GH_TOKEN".to_owned(),
                     action: CredentialAction::Swapped,
                     count: 1,
+                    header: Some("authorization".to_owned()),
                 }],
                 upstream_override: None,
+                notes: vec![],
             }),
         ));
     }
@@ -740,6 +745,10 @@ fn fixture_events(raw: BlobRef) -> Vec<(StreamId, Event)> {
                 input_tokens: 1000,
                 output_tokens: 200,
                 blocked_hosts: vec!["evil.example".to_owned()],
+                cache_creation_input_tokens: 0,
+                cache_read_input_tokens: 0,
+                web_searches: 0,
+                web_fetches: 0,
             }),
         ),
         (
