@@ -3,4 +3,5 @@
 
 mod cli;
 mod events;
+mod log;
 mod projections;

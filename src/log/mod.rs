@@ -9,14 +9,43 @@
 //! memory and validated), rewrite a stored event, or let two processes open
 //! one store (fjall is single-process; the CLI talks to a running server).
 //!
-//! SKELETON: signatures only; the implementation lands with the log work.
-
-#![allow(unused_variables, clippy::todo)]
+//! Layout 1 of the store (one `fjall::Database`):
+//! * `events`: seq (big-endian u64) → record (see [`codec`]);
+//! * `streams`: stream id ‖ 0x00 ‖ stream version (BE u64) → seq (BE u64);
+//! * `blobs`: BLAKE3 hash → content (see [`blobs`]);
+//! * `meta`: `layout` (u32 LE) and `store_id` (16 bytes).
+//!
+//! Projections create their own keyspaces through [`Log::database`].
+//!
+//! Files: [`codec`] (record format, keys), [`chain`] (hash chains),
+//! `store` (open, genesis, reads), `writer` (the writer thread),
+//! `subscribe` (live tails), [`verify`] (full-store check), [`blobs`].
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot};
+
 use crate::events::{Durability, Event, EventId, EventType, PayloadError, Seq, StreamId};
+
+pub mod blobs;
+pub mod chain;
+pub mod codec;
+mod store;
+mod subscribe;
+pub mod verify;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+pub use blobs::BlobError;
+pub use codec::{CodecError, decode_record};
+pub use verify::{VerifyFailure, VerifyReport};
+
+use store::Store;
+use writer::Request;
 
 /// A 32-byte BLAKE3 digest (chain links, payload hashes, blobs).
 pub type Hash = [u8; 32];
@@ -31,9 +60,12 @@ pub struct LogOptions {
 }
 
 /// A handle on the open log. Cheap to clone; all clones share one writer.
+///
+/// The writer thread stops when [`Log::close`] is called or the last clone
+/// is dropped (the drop persists with `SyncAll` and joins the thread).
 #[derive(Clone)]
 pub struct Log {
-    _p: (),
+    inner: Arc<Inner>,
 }
 
 /// The expected version of a stream for an optimistic append.
@@ -99,6 +131,8 @@ pub struct Header {
     pub timestamp_us: i64,
     /// Causing event, if any.
     pub causation: Option<EventId>,
+    /// Length of the payload in bytes.
+    pub payload_len: u32,
     /// BLAKE3 of the payload bytes.
     pub payload_hash: Hash,
     /// Stream chain link: BLAKE3(previous stream hash ‖ header core).
@@ -196,76 +230,306 @@ pub enum OpenError {
 }
 
 /// A live tail from some sequence: catch-up from disk, then new commits.
+///
+/// Every event is read from disk by its seq, up to the head the writer has
+/// published, so the seam between catch-up and live has no gap and no
+/// duplicate. A subscription does not keep the writer alive.
 pub struct Subscription {
-    _p: (),
+    inner: subscribe::Tail,
 }
+
+/// State shared by every clone of a [`Log`].
+struct Inner {
+    store: Arc<Store>,
+    tx: mpsc::Sender<Request>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+// === impl LogOptions ===
+
+impl Default for LogOptions {
+    /// Buffered appends fsynced within 100 ms; create the store if missing.
+    fn default() -> Self {
+        LogOptions {
+            flush_interval: Duration::from_millis(100),
+            create: true,
+        }
+    }
+}
+
+// === impl Log ===
 
 impl Log {
     /// Opens (or creates) the store in `dir`, runs layout migrations, starts the writer.
+    ///
+    /// A new store gets its genesis event (seq 0, `store.created` on the
+    /// `server` stream) durably before this returns. With `create: false` a
+    /// directory without a store is [`OpenError::Missing`] and nothing is
+    /// written there. Blocking (fjall recovery): call it before serving, or
+    /// from `spawn_blocking`.
     pub fn open(dir: &Path, opts: LogOptions) -> Result<Log, OpenError> {
-        todo!()
+        let (store, tip, progress) = Store::open(dir, opts.create)?;
+        let store = Arc::new(store);
+        let (tx, handle) = writer::spawn(Arc::clone(&store), tip, progress, opts.flush_interval)?;
+        Ok(Log {
+            inner: Arc::new(Inner {
+                store,
+                tx,
+                writer: Mutex::new(Some(handle)),
+            }),
+        })
     }
+
     /// Appends one stream's events atomically. Returns after the batch's durability class holds.
     pub async fn append(&self, batch: StreamAppend) -> Result<Appended, AppendError> {
-        todo!()
+        let mut appended = self.append_all(vec![batch]).await?;
+        appended
+            .pop()
+            .ok_or_else(|| AppendError::Invalid("the writer returned no result".to_owned()))
     }
+
     /// Appends several streams' events in one atomic batch.
+    ///
+    /// All or nothing: if any stream's version check fails, nothing is
+    /// written and the error names that stream. Results are in the order of
+    /// `batches`. The strictest durability class of all events applies.
     pub async fn append_all(
         &self,
         batches: Vec<StreamAppend>,
     ) -> Result<Vec<Appended>, AppendError> {
-        todo!()
+        self.check_writable()?;
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Request::Append { batches, reply })
+            .await
+            .map_err(|_| AppendError::Closed)?;
+        rx.await.map_err(|_| AppendError::Closed)?
     }
+
     /// Blocking form of [`Log::append`] for non-async callers.
+    ///
+    /// Panics if called from an async context (tokio forbids blocking on a
+    /// runtime thread); use [`Log::append`] there.
     pub fn append_blocking(&self, batch: StreamAppend) -> Result<Appended, AppendError> {
-        todo!()
+        self.check_writable()?;
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .blocking_send(Request::Append {
+                batches: vec![batch],
+                reply,
+            })
+            .map_err(|_| AppendError::Closed)?;
+        let mut appended = rx.blocking_recv().map_err(|_| AppendError::Closed)??;
+        appended
+            .pop()
+            .ok_or_else(|| AppendError::Invalid("the writer returned no result".to_owned()))
     }
+
     /// The last written sequence (visible to readers), if any.
     pub fn head(&self) -> Option<Seq> {
-        todo!()
+        let written = self.inner.store.progress.borrow().written;
+        written.checked_sub(1).map(Seq)
     }
+
+    /// The last written sequence and its global chain link: the value an
+    /// operator anchors elsewhere (`airut check`, dashboard).
+    pub fn head_hash(&self) -> Option<(Seq, Hash)> {
+        let p = *self.inner.store.progress.borrow();
+        p.written.checked_sub(1).map(|s| (Seq(s), p.head_hash))
+    }
+
+    /// The last fsynced sequence, if any.
+    pub fn durable_head(&self) -> Option<Seq> {
+        let durable = self.inner.store.progress.borrow().durable;
+        durable.checked_sub(1).map(Seq)
+    }
+
+    /// The random identity of this store (from its genesis event).
+    pub fn store_id(&self) -> uuid::Uuid {
+        self.inner.store.store_id
+    }
+
+    /// The store's directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.store.path
+    }
+
     /// Waits until every event up to `seq` is fsynced.
+    ///
+    /// If `seq` is written but not yet durable, asks the writer to fsync now
+    /// instead of waiting for the flush timer. Waits for `seq` to be written
+    /// if it is beyond the head. Fails if the log is poisoned or closes first.
     pub async fn sync_to(&self, seq: Seq) -> Result<(), AppendError> {
-        todo!()
+        self.wait_for_durable(seq, true).await
     }
-    /// Reads one event.
+
+    /// Waits until every event up to `seq` is fsynced, without asking for an
+    /// early fsync: the flush timer or a later durable append does it.
+    pub async fn wait_durable(&self, seq: Seq) -> Result<(), AppendError> {
+        self.wait_for_durable(seq, false).await
+    }
+
+    async fn wait_for_durable(&self, seq: Seq, flush: bool) -> Result<(), AppendError> {
+        let mut progress = self.inner.store.progress.clone();
+        let mut asked = !flush;
+        loop {
+            let p = *progress.borrow_and_update();
+            if p.durable > seq.0 {
+                return Ok(());
+            }
+            if p.poisoned {
+                return Err(AppendError::Poisoned);
+            }
+            if p.closed {
+                return Err(AppendError::Closed);
+            }
+            if !asked && p.written > seq.0 {
+                // Full queue: the writer is busy and its timer fsyncs anyway.
+                let _ = self.inner.tx.try_send(Request::Flush);
+                asked = true;
+            }
+            if progress.changed().await.is_err() {
+                let p = *progress.borrow();
+                return if p.durable > seq.0 {
+                    Ok(())
+                } else {
+                    Err(AppendError::Closed)
+                };
+            }
+        }
+    }
+
+    /// Reads one event (blocking; a point read).
     pub fn read(&self, seq: Seq) -> Result<Option<Record>, ReadError> {
-        todo!()
+        self.inner.store.read(seq)
     }
+
     /// Events from `from`, in order (blocking; a snapshot).
+    ///
+    /// A missing seq inside the log is reported as [`ReadError::Corrupt`]
+    /// naming it, not skipped.
     pub fn iter_from(&self, from: Seq) -> impl Iterator<Item = Result<Record, ReadError>> + '_ {
-        std::iter::empty()
+        self.inner.store.iter_from(from)
     }
+
     /// A stream's events from `from_version` (1-based), in order.
+    ///
+    /// Blocking; a snapshot. Each event is checked against the index entry
+    /// that led to it (stream and version).
     pub fn stream_iter(
         &self,
         stream: &StreamId,
         from_version: u64,
     ) -> impl Iterator<Item = Result<Record, ReadError>> + '_ {
-        std::iter::empty()
+        self.inner.store.stream_iter(stream, from_version)
     }
+
     /// Current version of a stream (0 when it has no events).
     pub fn stream_version(&self, stream: &StreamId) -> Result<u64, ReadError> {
-        todo!()
+        self.inner.store.stream_version(stream)
     }
+
     /// A live subscription from `from`.
     pub fn subscribe(&self, from: Seq) -> Subscription {
-        todo!()
+        Subscription {
+            inner: subscribe::Tail::new(Arc::clone(&self.inner.store), from),
+        }
     }
+
     /// The fjall database, for projection keyspaces.
     pub fn database(&self) -> &fjall::Database {
-        todo!()
+        &self.inner.store.db
     }
+
+    /// Stores a blob (blocking); see [`blobs`].
+    pub fn put_blob(&self, content: &[u8]) -> Result<crate::events::BlobRef, BlobError> {
+        blobs::put(&self.inner.store.blobs, content)
+    }
+
+    /// Reads a blob and checks it against its hash (blocking); see [`blobs`].
+    pub fn get_blob(&self, hash: &Hash) -> Result<Option<Vec<u8>>, BlobError> {
+        blobs::get(&self.inner.store.blobs, hash)
+    }
+
+    /// Checks the whole store (blocking; reads every event); see [`verify`].
+    pub fn verify(&self) -> Result<VerifyReport, ReadError> {
+        verify::verify(&self.inner.store)
+    }
+
     /// Flushes, fsyncs (SyncAll) and stops the writer.
+    ///
+    /// Appends already queued are written first; later appends on any clone
+    /// fail with [`AppendError::Closed`]. Subscriptions end once they have
+    /// delivered everything written.
     pub async fn close(self) -> Result<(), AppendError> {
-        todo!()
+        let (reply, rx) = oneshot::channel();
+        let sent = self.inner.tx.send(Request::Close { reply }).await;
+        let result = match sent {
+            Ok(()) => rx.await.unwrap_or(Err(AppendError::Closed)),
+            // The writer already stopped (closed through another clone).
+            Err(_) => Ok(()),
+        };
+        let handle = self
+            .inner
+            .writer
+            .lock()
+            .map_or(None, |mut guard| guard.take());
+        if let Some(handle) = handle {
+            tokio::task::spawn_blocking(move || handle.join())
+                .await
+                .map_err(|_| AppendError::Closed)?
+                .map_err(|_| AppendError::Invalid("the log writer panicked".to_owned()))?;
+        }
+        result
+    }
+
+    fn check_writable(&self) -> Result<(), AppendError> {
+        let p = *self.inner.store.progress.borrow();
+        if p.poisoned {
+            Err(AppendError::Poisoned)
+        } else if p.closed {
+            Err(AppendError::Closed)
+        } else {
+            Ok(())
+        }
     }
 }
 
+// === impl Inner ===
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Dropping the only sender ends the writer's loop: it persists with
+        // SyncAll and exits. Join it so the store is closed on return.
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.tx, closed));
+        let handle = self.writer.get_mut().map_or(None, |h| h.take());
+        if let Some(handle) = handle
+            && handle.join().is_err()
+        {
+            tracing::error!("the log writer thread panicked");
+        }
+    }
+}
+
+// === impl Subscription ===
+
 impl Subscription {
     /// The next event, waiting for one when caught up; `None` when the log closed.
+    ///
+    /// `None` comes only after every event written before the close (or
+    /// before a storage error poisoned the log) was delivered. Cancel-safe
+    /// between events. A record that cannot be read is returned as an error and skipped: the
+    /// next call continues with the following seq.
     pub async fn next(&mut self) -> Option<Result<Record, ReadError>> {
-        todo!()
+        self.inner.next().await
+    }
+
+    /// The seq the next call will deliver.
+    pub fn position(&self) -> Seq {
+        self.inner.position()
     }
 }
 

@@ -21,6 +21,7 @@ pub(crate) fn header(seq: u64, stream: StreamId, ts: i64) -> Header {
         timestamp_us: ts,
         causation: None,
         payload_hash: [0; 32],
+        payload_len: 0,
         stream_hash: [0; 32],
         global_hash: [0; 32],
     }
