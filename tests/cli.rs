@@ -48,7 +48,7 @@ fn scratch() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("airut.yaml"),
-        "config_version: 1\ndashboard:\n  bind: 127.0.0.1\n  port: 0\n",
+        "config_version: 1\ndashboard:\n  host: 127.0.0.1\n  port: 0\n",
     )
     .unwrap();
     dir
@@ -189,7 +189,7 @@ fn seed_conversation(state: &Path) -> ConversationId {
             scheme: "https".into(),
             host: "evil.example".into(),
             port: 443,
-            path: "/=cmd|' /C calc'!A0".into(),
+            path: "=cmd|' /C calc'!A0".into(),
             decision: Decision::Blocked,
             rule: None,
             reason: Some("host not in allowlist".into()),
@@ -392,7 +392,7 @@ fn replay_export_verify_and_check_on_a_stopped_store() {
     assert!(out.status.success(), "{}", stderr(&out));
     let csv = stdout(&out);
     assert!(csv.starts_with("seq,time,conversation"), "{csv}");
-    assert!(csv.contains("\"'/=cmd"), "{csv}");
+    assert!(csv.contains("\"'=cmd|' /C calc'!A0\""), "{csv}");
     let out = airut(dir.path(), &["audit", "export", "--since", "last tuesday"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("neither a time"), "{}", stderr(&out));

@@ -64,7 +64,9 @@ impl std::fmt::Display for StoreCheck {
                 "{} events in {} streams, hash chains intact; head seq {} hash {}",
                 self.events,
                 self.streams,
-                self.head.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                self.head
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 self.head_hash
             ),
             Some((seq, reason)) => write!(

@@ -106,7 +106,9 @@ async fn check_store(r: &mut Report, ctx: &access::Context) {
             if let Err(e) = store.log.close().await {
                 r.fail("store", format!("closing: {e}"));
             }
-            report.map_err(anyhow::Error::from).and_then(|r| r.map_err(anyhow::Error::from))
+            report
+                .map_err(anyhow::Error::from)
+                .and_then(|r| r.map_err(anyhow::Error::from))
         }
         Err(e) => Err(e),
     };

@@ -69,7 +69,7 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     )
     .await?;
 
-    let addr = SocketAddr::new(cfg.dashboard.bind, cfg.dashboard.port);
+    let addr = SocketAddr::new(cfg.dashboard.host, cfg.dashboard.port);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr}: is another server running? change dashboard.port")
     })?;
