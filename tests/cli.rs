@@ -13,7 +13,7 @@
     unsafe_code
 )]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -295,13 +295,40 @@ fn server_serves_api_and_cli_reads_through_it() {
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     assert!(stdout(&out).contains("ok    store"), "{}", stdout(&out));
 
+    // A live follower sees events as they are appended, and ends when the
+    // server stops instead of holding the shutdown up.
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_airut"))
+        .arg("--config")
+        .arg(dir.path().join("airut.yaml"))
+        .arg("--state-dir")
+        .arg(dir.path())
+        .args(["events", "tail", "--follow", "--json", "--from", "1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(follower.stdout.take().unwrap()).lines();
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["seq"], 1);
+    assert_eq!(first["type"], "config.loaded");
+
     // A second server on the same state dir is refused.
     let out = airut(dir.path(), &["run"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("already runs"), "{}", stderr(&out));
 
     // SIGTERM: clean stop, runtime file gone, stop recorded.
+    let started = std::time::Instant::now();
     assert!(server.stop().success());
+    assert!(follower.wait().unwrap().success());
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "shutdown waited for the follower"
+    );
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(
+        rest.iter().any(|l| l.contains("server.started")),
+        "{rest:?}"
+    );
     assert!(runtime::read(dir.path()).unwrap().is_none());
     let out = airut(dir.path(), &["events", "tail"]);
     assert!(out.status.success(), "{}", stderr(&out));

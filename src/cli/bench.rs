@@ -63,12 +63,15 @@ pub async fn log(events: u64, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> 
     let store = scratch.path().join("main");
     let log = open(&store).await?;
     let tenth = events / 10;
-    let (single, batched) = fill(&log, events).await?;
+    let (single, batched, mixed) = fill(&log, events).await?;
     println!(
         "buffered append (64 concurrent writers, 1 event per append):  {single:>10.0} events/s"
     );
     println!(
-        "buffered append (batches of 64 events per append):            {batched:>10.0} events/s"
+        "buffered append (8 writers, batches of 64 events per append): {batched:>10.0} events/s"
+    );
+    println!(
+        "whole conversations (2 durable + 2 buffered batches each):    {mixed:>10.0} events/s"
     );
 
     // 3. Replay decode.
@@ -168,9 +171,9 @@ fn one(stream: StreamId, event: Event) -> StreamAppend {
     }
 }
 
-/// Writes `total` events of a realistic mix. Returns (single-append rate,
-/// batched rate) for buffered events.
-async fn fill(log: &Log, total: u64) -> anyhow::Result<(f64, f64)> {
+/// Writes `total` events. Returns the rates of buffered single-event
+/// appends, buffered batches, and whole conversations (mixed durability).
+async fn fill(log: &Log, total: u64) -> anyhow::Result<(f64, f64, f64)> {
     // Single-event appends of buffered events from 64 writers: 100k events.
     let single_n = 100_000u64.min(total / 2);
     let counter = Arc::new(AtomicU64::new(0));
@@ -195,22 +198,56 @@ async fn fill(log: &Log, total: u64) -> anyhow::Result<(f64, f64)> {
     }
     let single = single_n as f64 / start.elapsed().as_secs_f64();
 
-    // The rest in batches of 64 (a task's burst of output and requests).
+    // Buffered events only (a running task's output and requests), in
+    // batches of 64 from 8 concurrent writers.
+    let batched_n = 200_000u64.min(total / 4);
+    let counter = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let mut written = single_n;
-    let mut batched_events = 0u64;
+    let mut handles = Vec::new();
+    for w in 0..8u32 {
+        let log = log.clone();
+        let counter = counter.clone();
+        handles.push(tokio::spawn(async move {
+            let stream = ConversationId(0x9000_0000 | w).stream();
+            let task = TaskId::new();
+            let mut i = 0u64;
+            while counter.fetch_add(64, Ordering::Relaxed) < batched_n {
+                let events = (0..64)
+                    .map(|_| {
+                        i += 1;
+                        ne(if i.is_multiple_of(2) {
+                            output_line(task, i)
+                        } else {
+                            proxy_request(task, i)
+                        })
+                    })
+                    .collect();
+                log.append(buffered(&stream, events)).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for h in handles {
+        h.await??;
+    }
+    let batched = counter.load(Ordering::Relaxed).min(batched_n + 8 * 64) as f64
+        / start.elapsed().as_secs_f64();
+
+    // The rest: whole conversations as a server writes them (durable
+    // lifecycle batches around buffered output), for replay and rebuild.
+    let mut written = single_n + batched_n;
+    let start = Instant::now();
+    let mixed_start = written;
     let mut conv_no = 0u32;
     while written < total {
         for batch in conversation_batches(ConversationId(conv_no)) {
-            let n = batch.events.len() as u64;
+            written += batch.events.len() as u64;
             log.append(batch).await?;
-            written += n;
-            batched_events += n;
         }
         conv_no += 1;
     }
-    let batched = batched_events as f64 / start.elapsed().as_secs_f64();
-    Ok((single, batched))
+    let mixed = (written - mixed_start) as f64 / start.elapsed().as_secs_f64();
+    Ok((single, batched, mixed))
 }
 
 async fn write_tenth(dir: &Path, n: u64) -> anyhow::Result<()> {

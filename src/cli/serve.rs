@@ -103,7 +103,12 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
             .clone()
             .follow(log.clone(), shutdown.child_token()),
     );
-    let state = AppState::new(log.clone(), projections.clone(), token);
+    let state = AppState::new(
+        log.clone(),
+        projections.clone(),
+        token,
+        shutdown.child_token(),
+    );
     let stop = shutdown.child_token();
     tracker.spawn(async move {
         if let Err(e) =

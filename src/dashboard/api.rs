@@ -148,6 +148,10 @@ async fn events(State(state): State<AppState>, Query(p): Query<EventsParams>) ->
         let stream = futures_util::stream::unfold(sub, |mut sub| async move {
             sub.next().await.map(|item| (item, sub))
         });
+        let stream = futures_util::StreamExt::take_until(
+            stream,
+            state.inner.shutdown.clone().cancelled_owned(),
+        );
         let json = p.json;
         Body::from_stream(futures_util::StreamExt::map(stream, move |rec| {
             let mut buf = Vec::new();

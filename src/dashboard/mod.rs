@@ -31,6 +31,7 @@ struct StateInner {
     log: Log,
     projections: Projections,
     token: String,
+    shutdown: tokio_util::sync::CancellationToken,
     started: tokio::time::Instant,
     pid: u32,
 }
@@ -39,12 +40,20 @@ struct StateInner {
 
 impl AppState {
     /// State for a server with this log, projections and API token.
-    pub fn new(log: Log, projections: Projections, token: String) -> Self {
+    /// Endless responses (`--follow`) end when `shutdown` is cancelled, so
+    /// they never hold up a graceful stop.
+    pub fn new(
+        log: Log,
+        projections: Projections,
+        token: String,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Self {
         AppState {
             inner: Arc::new(StateInner {
                 log,
                 projections,
                 token,
+                shutdown,
                 started: tokio::time::Instant::now(),
                 pid: std::process::id(),
             }),

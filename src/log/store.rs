@@ -269,7 +269,10 @@ impl Keyspaces {
         Ok(Keyspaces {
             meta: ks("meta", KeyspaceCreateOptions::default)?,
             events: ks("events", KeyspaceCreateOptions::default)?,
-            streams: ks("streams", KeyspaceCreateOptions::default)?,
+            streams: ks("streams", || {
+                // Small keys only: a small memtable bounds memory.
+                KeyspaceCreateOptions::default().max_memtable_size(16 * 1024 * 1024)
+            })?,
             blobs: ks("blobs", || {
                 KeyspaceCreateOptions::default()
                     .with_kv_separation(Some(fjall::KvSeparationOptions::default()))

@@ -12,6 +12,9 @@
 use std::collections::HashMap;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, Readable, Snapshot};
+
+/// Memtable size of each projection keyspace.
+const PROJECTION_MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::events::Seq;
@@ -61,8 +64,12 @@ pub(crate) fn open_keyspace(
     what: &str,
 ) -> Result<Keyspace, ProjectionError> {
     let name = ns.keyspace_name(projection, what);
-    db.keyspace(&name, KeyspaceCreateOptions::default)
-        .map_err(|e| ProjectionError::storage(format!("open keyspace {name}"), e))
+    // Projection keyspaces are many and written in bursts; small memtables
+    // keep the server's memory bounded (fjall's default is 64 MiB each).
+    db.keyspace(&name, || {
+        KeyspaceCreateOptions::default().max_memtable_size(PROJECTION_MEMTABLE_BYTES)
+    })
+    .map_err(|e| ProjectionError::storage(format!("open keyspace {name}"), e))
 }
 
 /// Reads the meta record, if any.
