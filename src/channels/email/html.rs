@@ -259,6 +259,14 @@ impl Renderer {
         let class = attrs.get("class").unwrap_or_default();
         if id.eq_ignore_ascii_case("divRplyFwdMsg") {
             self.block(2);
+            // The rule Outlook draws above the header belongs to the quote.
+            if !self.quoted() {
+                let s = self.seg();
+                let kept = s.trim_end().strip_suffix("---").map(|t| t.trim_end().len());
+                if let Some(len) = kept {
+                    s.truncate(len);
+                }
+            }
             self.boundary = true;
         }
         let quote = id.eq_ignore_ascii_case("mail-editor-reference-message-container")

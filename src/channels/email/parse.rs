@@ -263,8 +263,8 @@ pub(crate) fn parse_message(
     let thread_refs = thread_refs(in_reply_to, references);
     let (model_hint, unknown_model_hint) = model_hint(&msg, ctx);
     let auto_generated = loop_guard::classify(&msg);
-    let (body, body_source) = body(&msg);
-    let (attachments, skipped_attachments) = attachments(&mut msg, ctx);
+    let (body, body_source, root_is_body) = body(&msg);
+    let (attachments, skipped_attachments) = attachments(&mut msg, ctx, root_is_body);
     Ok(ParsedMessage {
         message_id,
         from,
@@ -470,7 +470,9 @@ fn model_hint(msg: &Message<'_>, ctx: &ParseContext) -> (Option<String>, Option<
 
 // === body ===
 
-fn body(msg: &Message<'_>) -> (String, BodySource) {
+/// The body text, where it came from, and whether it is the root part
+/// mail-parser listed as an attachment (a broken multipart).
+fn body(msg: &Message<'_>) -> (String, BodySource, bool) {
     let mut plain = String::new();
     for part in body_parts(msg, &msg.text_body) {
         if let PartType::Text(t) = &part.body {
@@ -487,7 +489,11 @@ fn body(msg: &Message<'_>) -> (String, BodySource) {
         }
     }
     if !plain.trim().is_empty() {
-        return (clean_body(&quotes::strip_plain(&plain)), BodySource::Plain);
+        return (
+            clean_body(&quotes::strip_plain(&plain)),
+            BodySource::Plain,
+            false,
+        );
     }
     let mut html = String::new();
     for part in body_parts(msg, &msg.html_body) {
@@ -497,10 +503,33 @@ fn body(msg: &Message<'_>) -> (String, BodySource) {
         }
     }
     if html.trim().is_empty() {
-        return (String::new(), BodySource::None);
+        // A broken root (e.g. multipart without a boundary) that mail-parser
+        // kept as text is still the sender's text.
+        if let Some(t) = broken_root_text(msg)
+            && !t.trim().is_empty()
+        {
+            let text = quotes::strip_plain(&normalise_newlines(&t));
+            let root_listed = msg.attachments.first() == Some(&0);
+            return (clean_body(&text), BodySource::Plain, root_listed);
+        }
+        return (String::new(), BodySource::None, false);
     }
     let text = quotes::join_html(super::html::render(&html));
-    (clean_body(&text), BodySource::Html)
+    (clean_body(&text), BodySource::Html, false)
+}
+
+/// The root of a `multipart/*` message mail-parser could not split (no
+/// boundary): its content is the sender's text.
+fn broken_root_text(msg: &Message<'_>) -> Option<String> {
+    let root = msg.parts.first()?;
+    let multipart = root
+        .content_type()
+        .is_some_and(|ct| ct.ctype().eq_ignore_ascii_case("multipart"));
+    match &root.body {
+        PartType::Text(t) if multipart => Some(t.to_string()),
+        PartType::Binary(b) if multipart => Some(String::from_utf8_lossy(b).into_owned()),
+        _ => None,
+    }
 }
 
 fn body_parts<'a, 'x>(
@@ -613,9 +642,11 @@ fn truncate_chars(s: &str, max_chars: usize) -> String {
 
 // === attachments ===
 
+/// The files of a message; `skip_root` when the root part became the body.
 fn attachments(
     msg: &mut Message<'_>,
     ctx: &ParseContext,
+    skip_root: bool,
 ) -> (Vec<Attachment>, Vec<SkippedAttachment>) {
     let mut kept = Vec::new();
     let mut skipped = Vec::new();
@@ -623,6 +654,9 @@ fn attachments(
     let mut total: u64 = 0;
     let ids = msg.attachments.clone();
     for (n, id) in ids.into_iter().enumerate() {
+        if id == 0 && skip_root {
+            continue;
+        }
         let Some(part) = msg.parts.get_mut(id as usize) else {
             continue;
         };
@@ -783,6 +817,7 @@ fn extension_for(content_type: &str) -> &'static str {
         "text/csv" => "csv",
         "text/calendar" => "ics",
         "message/rfc822" | "message/global" => "eml",
+        "message/delivery-status" | "message/disposition-notification" => "txt",
         "application/json" => "json",
         "application/zip" => "zip",
         _ => "bin",

@@ -35,8 +35,14 @@ pub(crate) fn join_html(segments: Vec<Segment>) -> String {
 
 /// Strip quoted history from a plain-text body.
 pub fn strip_plain(text: &str) -> String {
+    // Some clients (Yahoo) quote without `>`: an attribution line followed
+    // only by unprefixed text starts a quote that runs to the end.
+    let (own, unprefixed_quote) = match unprefixed_quote_start(text) {
+        Some(at) => (text.get(..at).unwrap_or(text), text.get(at..)),
+        None => (text, None),
+    };
     let mut segments: Vec<Segment> = Vec::new();
-    for line in text.lines() {
+    for line in own.lines() {
         let t = line.trim_start();
         // Blank lines do not end a quote; they are merged away below.
         let quoted = if t.is_empty() {
@@ -55,7 +61,38 @@ pub fn strip_plain(text: &str) -> String {
             }),
         }
     }
+    if let Some(q) = unprefixed_quote {
+        segments.push(Segment {
+            quoted: true,
+            text: prefix(q),
+        });
+    }
     join(segments, true)
+}
+
+/// Byte offset of the last attribution line when no `>` line follows it
+/// but some text does.
+fn unprefixed_quote_start(text: &str) -> Option<usize> {
+    let mut offset = 0usize;
+    let mut found: Option<usize> = None;
+    let mut quoted_after = false;
+    let mut text_after = false;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim();
+        if is_attribution(t) && t.len() > "wrote:".len() {
+            found = Some(offset);
+            quoted_after = false;
+            text_after = false;
+        } else if found.is_some() && !t.is_empty() {
+            if t.starts_with('>') {
+                quoted_after = true;
+            } else {
+                text_after = true;
+            }
+        }
+        offset += line.len();
+    }
+    found.filter(|_| text_after && !quoted_after)
 }
 
 fn join(segments: Vec<Segment>, prefixed: bool) -> String {
@@ -127,7 +164,7 @@ fn join(segments: Vec<Segment>, prefixed: bool) -> String {
         } else if trailing && !is_forward(&s.text) {
             removed = true;
         } else if prefixed {
-            out.push(s.text);
+            out.push(trim_empty_quote_lines(&s.text));
         } else {
             out.push(prefix(&s.text));
         }
@@ -167,6 +204,18 @@ fn normalise(text: &str) -> String {
         out.push_str(line);
     }
     out
+}
+
+/// Drop leading and trailing lines holding only `>` markers.
+fn trim_empty_quote_lines(text: &str) -> String {
+    let empty = |l: &&str| l.trim().chars().all(|c| c == '>' || c.is_whitespace());
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.iter().position(|l| !empty(l)).unwrap_or(lines.len());
+    let end = lines
+        .iter()
+        .rposition(|l| !empty(l))
+        .map_or(start, |e| e + 1);
+    lines.get(start..end).unwrap_or_default().join("\n")
 }
 
 fn prefix(text: &str) -> String {
@@ -369,6 +418,15 @@ mod tests {
         assert_eq!(strip_plain(t), "Done.\n\n[quoted text removed]");
         let fwd = "FYI\n\n________________________________\nFrom: Alice\nSent: Monday\nTo: Bob\nSubject: FW: job\n\nold text\n";
         assert!(strip_plain(fwd).contains("old text"));
+    }
+
+    #[test]
+    fn unprefixed_quote_after_attribution() {
+        let t = " CSV is enough.\n\n    On Monday, March 2, 2026, airut <a@example.net> wrote:  \n \n Should it be CSV?\n";
+        assert_eq!(
+            strip_plain(t).trim(),
+            "CSV is enough.\n\n[quoted text removed]"
+        );
     }
 
     #[test]

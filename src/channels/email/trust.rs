@@ -316,27 +316,33 @@ fn check_auth_results(value: &str, config: &TrustConfig, sender: &str) -> Result
     if rest.peek().is_none() {
         return Err("Authentication-Results header has no ';'".to_owned());
     }
-    // authserv-id [ version ]
-    let mut words = head.split_ascii_whitespace();
-    let id = words.next().unwrap_or_default();
-    let version = words.next();
-    if words.next().is_some() || version.is_some_and(|v| !v.bytes().all(|b| b.is_ascii_digit())) {
-        return Err(format!(
-            "Authentication-Results authserv-id {:?} is malformed",
-            head.trim()
-        ));
+    // authserv-id [ version ]. With no configured id (Microsoft 365 /
+    // EOP, whose header starts straight with `spf=…`) the id is not
+    // checked and the first part may itself be a result.
+    let mut leading_result = None;
+    if config.trusted_authserv_id.trim().is_empty() {
+        leading_result = Some(head.clone());
+    } else {
+        let mut words = head.split_ascii_whitespace();
+        let id = words.next().unwrap_or_default();
+        let version = words.next();
+        if id.is_empty()
+            || words.next().is_some()
+            || version.is_some_and(|v| !v.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(format!(
+                "Authentication-Results authserv-id {:?} is malformed",
+                head.trim()
+            ));
+        }
+        if !id.eq_ignore_ascii_case(config.trusted_authserv_id.trim()) {
+            return Err(format!(
+                "topmost Authentication-Results is from {id:?}, not the trusted {:?}",
+                config.trusted_authserv_id
+            ));
+        }
     }
-    if id.is_empty() {
-        return Err("Authentication-Results header has no authserv-id".to_owned());
-    }
-    if !config.trusted_authserv_id.is_empty()
-        && !id.eq_ignore_ascii_case(config.trusted_authserv_id.trim())
-    {
-        return Err(format!(
-            "topmost Authentication-Results is from {id:?}, not the trusted {:?}",
-            config.trusted_authserv_id
-        ));
-    }
+    let rest = leading_result.into_iter().chain(rest);
 
     let from_domain = sender.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
     let mut results = Vec::new();
