@@ -1,1 +1,2 @@
+mod email;
 mod events;

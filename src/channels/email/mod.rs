@@ -11,6 +11,7 @@
 //! IMAP source, SMTP sink and config live beside it (later issues).
 //! See doc/email.md for the rules in prose.
 
+pub mod bench;
 mod html;
 pub mod loop_guard;
 pub mod parse;
