@@ -73,6 +73,7 @@ struct TableState {
 #[derive(Default)]
 struct Renderer {
     segments: Vec<Segment>,
+    cur: Segment,
     stack: Vec<Open>,
     /// Open quote containers on the stack.
     quote_depth: usize,
@@ -95,39 +96,40 @@ impl Renderer {
         self.quote_depth > 0 || self.boundary
     }
 
+    /// The segment being written, started afresh when the quote state
+    /// changes. Finished segments are in `segments`; the current one has
+    /// index `segments.len()`.
     fn seg(&mut self) -> &mut String {
         let quoted = self.quoted();
-        let need_new = self.segments.last().is_none_or(|s| s.quoted != quoted);
-        if need_new {
-            self.segments.push(Segment {
+        if self.cur.quoted != quoted {
+            let next = Segment {
                 quoted,
                 text: String::new(),
-            });
+            };
+            let done = std::mem::replace(&mut self.cur, next);
+            if !done.text.is_empty() {
+                self.segments.push(done);
+            }
             self.pending_space = false;
         }
-        let idx = self.segments.len() - 1;
-        match self.segments.get_mut(idx) {
-            Some(s) => &mut s.text,
-            None => unreachable_segment(),
-        }
+        &mut self.cur.text
     }
 
     fn mark(&mut self) -> (usize, usize) {
         let len = self.seg().len();
-        (self.segments.len().saturating_sub(1), len)
+        (self.segments.len(), len)
     }
 
     /// Take the text written since `mark`, if still in the same segment.
     fn take_since(&mut self, mark: (usize, usize)) -> Option<String> {
-        let idx = self.segments.len().checked_sub(1)?;
-        if idx != mark.0 {
+        if mark.0 != self.segments.len() {
             return None;
         }
-        let seg = self.segments.get_mut(idx)?;
-        if mark.1 > seg.text.len() || !seg.text.is_char_boundary(mark.1) {
+        let text = &mut self.cur.text;
+        if mark.1 > text.len() || !text.is_char_boundary(mark.1) {
             return None;
         }
-        Some(seg.text.split_off(mark.1))
+        Some(text.split_off(mark.1))
     }
 
     fn text(&mut self, raw: &str) {
@@ -465,7 +467,7 @@ impl Renderer {
         if self.skip > 0 {
             return;
         }
-        let same = self.segments.len().checked_sub(1) == Some(mark.0);
+        let same = self.segments.len() == mark.0;
         let s = self.seg();
         if same && s.len() == mark.1 {
             let cut = mark.1.saturating_sub(marker.len());
@@ -518,14 +520,11 @@ impl Renderer {
         while let Some(open) = self.stack.pop() {
             self.close(open);
         }
+        if !self.cur.text.is_empty() {
+            self.segments.push(self.cur);
+        }
         self.segments
     }
-}
-
-#[cold]
-fn unreachable_segment() -> ! {
-    // `seg` pushes a segment right before looking it up.
-    panic!("segment list empty right after a push")
 }
 
 /// `class="gmail_quote"` on a wrapper div (newer Gmail also adds

@@ -20,7 +20,7 @@
 pub const QUOTE_REMOVED: &str = "[quoted text removed]";
 
 /// A run of text that is, or is not, quoted history.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Segment {
     /// Quoted history (not the sender's own text).
     pub quoted: bool,
