@@ -142,6 +142,16 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Email intake: parse + authenticate + quote-strip over a corpus of
+    /// .eml files (the test fixtures by default).
+    Email {
+        /// Passes over the corpus.
+        #[arg(long, default_value_t = 500)]
+        iterations: usize,
+        /// Directory searched for .eml files [default: fixtures/email].
+        #[arg(long)]
+        corpus: Option<PathBuf>,
+    },
     /// Internal: rebuild the projections of an existing bench store and
     /// report peak memory (run as a child of `bench log`).
     #[command(hide = true)]
