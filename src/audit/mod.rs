@@ -19,7 +19,9 @@ pub mod timeline;
 pub mod verify;
 
 pub use export::{ExportFilter, ExportQuery, export_jsonl_csv};
-pub use render::{EventLine, format_time, write_json_line, write_text_line};
+pub use render::{
+    EventLine, format_time, write_events_from, write_json_line, write_line, write_text_line,
+};
 pub use timeline::write_timeline;
 pub use verify::{VerifyOutcome, verify_export};
 

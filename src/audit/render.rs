@@ -84,3 +84,25 @@ pub fn write_text_line(rec: &Record, out: &mut dyn Write) -> anyhow::Result<()> 
     )?;
     Ok(())
 }
+
+/// Writes one event as JSON or text.
+pub fn write_line(rec: &Record, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    if json {
+        write_json_line(rec, out)
+    } else {
+        write_text_line(rec, out)
+    }
+}
+
+/// Writes every stored event from `from` on (a snapshot of the log).
+pub fn write_events_from(
+    log: &crate::log::Log,
+    from: crate::events::Seq,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    for rec in log.iter_from(from) {
+        write_line(&rec?, json, out)?;
+    }
+    Ok(())
+}

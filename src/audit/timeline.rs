@@ -8,7 +8,7 @@ use std::io::Write;
 use crate::events::{ConversationId, Event, EventId, EventType, Seq};
 use crate::log::Log;
 
-use super::{write_json_line, write_text_line};
+use super::write_line;
 
 /// Writes the timeline of `conv` as text or JSON lines; returns how many
 /// events were written. `find_message` maps a `message.received` event id to
@@ -58,11 +58,7 @@ pub fn write_timeline(
         let rec = log
             .read(seq)?
             .ok_or_else(|| anyhow::anyhow!("event {seq} is missing from the log"))?;
-        if json {
-            write_json_line(&rec, out)
-        } else {
-            write_text_line(&rec, out)
-        }
+        write_line(&rec, json, out)
     };
     for rec in log.stream_iter(&stream, 1) {
         let rec = rec?;
@@ -74,11 +70,7 @@ pub fn write_timeline(
             written += 1;
             pending.next();
         }
-        if json {
-            write_json_line(&rec, out)?;
-        } else {
-            write_text_line(&rec, out)?;
-        }
+        write_line(&rec, json, out)?;
         written += 1;
     }
     for m in pending {

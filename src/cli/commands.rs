@@ -77,45 +77,50 @@ where
     .await?
 }
 
+/// Runs a read command: streams `api_path` from a running server, or runs
+/// `local` against the store opened here (then closes it).
+async fn read_command<F>(
+    ctx: &access::Context,
+    api_path: &str,
+    local: F,
+) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(
+            &crate::log::Log,
+            &crate::projections::Projections,
+            &mut dyn Write,
+        ) -> anyhow::Result<()>
+        + Send
+        + 'static,
+{
+    match access::connect(ctx).await? {
+        Access::Remote(client) => {
+            let mut out = std::io::stdout();
+            client.stream_to(api_path, &mut out).await?;
+        }
+        Access::Local(store) => {
+            let (log, projections) = (store.log.clone(), store.projections.clone());
+            to_stdout(move |out| local(&log, &projections, out)).await?;
+            store.log.close().await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn tail(
     ctx: &access::Context,
     from: u64,
     follow: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    match access::connect(ctx).await? {
-        Access::Remote(client) => {
-            let mut out = std::io::stdout();
-            client
-                .stream_to(
-                    &format!("/api/events?from={from}&follow={follow}&json={json}"),
-                    &mut out,
-                )
-                .await?;
+    let path = format!("/api/events?from={from}&follow={follow}&json={json}");
+    read_command(ctx, &path, move |log, _, out| {
+        if follow {
+            eprintln!("note: no server is running, so nothing new will be appended; printing what is stored");
         }
-        Access::Local(store) => {
-            if follow {
-                eprintln!(
-                    "note: no server is running, so nothing new will be appended; printing what is stored"
-                );
-            }
-            let log = store.log.clone();
-            to_stdout(move |out| {
-                for rec in log.iter_from(Seq(from)) {
-                    let rec = rec?;
-                    if json {
-                        audit::write_json_line(&rec, out)?;
-                    } else {
-                        audit::write_text_line(&rec, out)?;
-                    }
-                }
-                Ok(())
-            })
-            .await?;
-            store.log.close().await?;
-        }
-    }
-    Ok(ExitCode::SUCCESS)
+        audit::write_events_from(log, Seq(from), json, out)
+    })
+    .await
 }
 
 async fn replay(
@@ -123,56 +128,32 @@ async fn replay(
     conv: ConversationId,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    match access::connect(ctx).await? {
-        Access::Remote(client) => {
-            let mut out = std::io::stdout();
-            client
-                .stream_to(
-                    &format!("/api/conversations/{conv}/timeline?json={json}"),
-                    &mut out,
-                )
-                .await?;
-        }
-        Access::Local(store) => {
-            let log = store.log.clone();
-            let projections = store.projections.clone();
-            to_stdout(move |out| {
-                let find = |id| projections.find_message(id).map_err(anyhow::Error::from);
-                audit::write_timeline(&log, conv, &find, json, out).map(|_| ())
-            })
-            .await?;
-            store.log.close().await?;
-        }
-    }
-    Ok(ExitCode::SUCCESS)
+    let path = format!("/api/conversations/{conv}/timeline?json={json}");
+    read_command(ctx, &path, move |log, projections, out| {
+        let find = |id| projections.find_message(id).map_err(anyhow::Error::from);
+        audit::write_timeline(log, conv, &find, json, out).map(|_| ())
+    })
+    .await
 }
 
 async fn export(ctx: &access::Context, q: ExportQuery) -> anyhow::Result<ExitCode> {
-    match access::connect(ctx).await? {
-        Access::Remote(client) => {
-            let mut path = format!(
-                "/api/audit?format={}",
-                match q.format {
-                    Format::Jsonl => "jsonl",
-                    Format::Csv => "csv",
-                }
-            );
-            if let Some(c) = q.conversation {
-                path.push_str(&format!("&conversation={c}"));
-            }
-            if let Some(s) = q.since_us {
-                path.push_str(&format!("&since_us={s}"));
-            }
-            let mut out = std::io::stdout();
-            client.stream_to(&path, &mut out).await?;
+    let mut path = format!(
+        "/api/audit?format={}",
+        match q.format {
+            Format::Jsonl => "jsonl",
+            Format::Csv => "csv",
         }
-        Access::Local(store) => {
-            let log = store.log.clone();
-            to_stdout(move |out| audit::export_jsonl_csv(&log, &q, out).map(|_| ())).await?;
-            store.log.close().await?;
-        }
+    );
+    if let Some(c) = q.conversation {
+        path.push_str(&format!("&conversation={c}"));
     }
-    Ok(ExitCode::SUCCESS)
+    if let Some(s) = q.since_us {
+        path.push_str(&format!("&since_us={s}"));
+    }
+    read_command(ctx, &path, move |log, _, out| {
+        audit::export_jsonl_csv(log, &q, out).map(|_| ())
+    })
+    .await
 }
 
 fn verify(file: &std::path::Path) -> anyhow::Result<ExitCode> {

@@ -155,30 +155,16 @@ async fn events(State(state): State<AppState>, Query(p): Query<EventsParams>) ->
         let json = p.json;
         Body::from_stream(futures_util::StreamExt::map(stream, move |rec| {
             let mut buf = Vec::new();
-            let r = rec.map_err(anyhow::Error::from).and_then(|rec| {
-                if json {
-                    audit::write_json_line(&rec, &mut buf)
-                } else {
-                    audit::write_text_line(&rec, &mut buf)
-                }
-            });
+            let r = rec
+                .map_err(anyhow::Error::from)
+                .and_then(|rec| audit::write_line(&rec, json, &mut buf));
             match r {
                 Ok(()) => Ok::<_, std::io::Error>(bytes::Bytes::from(buf)),
                 Err(e) => Ok(bytes::Bytes::from(format!("error: {e:#}\n"))),
             }
         }))
     } else {
-        blocking_body(move |out| {
-            for rec in log.iter_from(Seq(p.from)) {
-                let rec = rec?;
-                if p.json {
-                    audit::write_json_line(&rec, out)?;
-                } else {
-                    audit::write_text_line(&rec, out)?;
-                }
-            }
-            Ok(())
-        })
+        blocking_body(move |out| audit::write_events_from(&log, Seq(p.from), p.json, out))
     };
     streamed(content_type, body)
 }
