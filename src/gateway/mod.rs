@@ -371,7 +371,8 @@ impl Gateway {
         Ok(state)
     }
 
-    async fn catch_up(&mut self) -> Result<(), GatewayError> {
+    /// Folds everything appended since the last call (by anyone).
+    pub async fn catch_up(&mut self) -> Result<(), GatewayError> {
         fold_available(&self.ctx.log, &mut self.sub, &mut self.state).await
     }
 
@@ -839,25 +840,29 @@ async fn send_owed(
         let sent = sink.send(out.clone()).await;
         match sent {
             Ok(d) => {
+                // The one window a crash can re-send in: delivered, not
+                // yet recorded (the sink sees the same key again).
                 ctx.point("sent, not recorded")?;
                 let stream = o
                     .conversation
                     .map(|c| c.stream())
                     .unwrap_or_else(|| StreamId::channel(&o.repo, &o.channel));
-                ctx.append(one(
-                    stream,
-                    Event::ReplySent(ReplySentV1 {
-                        conversation: o.conversation.unwrap_or(ConversationId(0)),
-                        task: o.task,
-                        channel: o.channel.clone(),
-                        kind: o.kind.clone(),
-                        message_id: d.message_id,
-                        in_reply_to: o.to.message_id.clone(),
-                        attachments: d.attachments,
-                    }),
-                    Some(o.cause),
-                ))
-                .await?;
+                ctx.log
+                    .append(one(
+                        stream,
+                        Event::ReplySent(ReplySentV1 {
+                            conversation: o.conversation.unwrap_or(ConversationId(0)),
+                            task: o.task,
+                            channel: o.channel.clone(),
+                            kind: o.kind.clone(),
+                            message_id: d.message_id,
+                            in_reply_to: o.to.message_id.clone(),
+                            attachments: d.attachments,
+                        }),
+                        Some(o.cause),
+                    ))
+                    .await?;
+                ctx.point("after append")?;
                 if let (Some(d), false) = (&dirs, attachments.is_empty()) {
                     d.clear_outbox();
                 }
