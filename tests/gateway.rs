@@ -1078,3 +1078,62 @@ proptest! {
         rt.block_on(run_ops(ops));
     }
 }
+
+// --- `airut run` -------------------------------------------------------------
+
+#[tokio::test]
+async fn airut_run_boots_configured_repos_and_says_why_they_do_not_serve_yet() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    std::fs::write(
+        state.join("airut.yaml"),
+        "config_version: 1\ndashboard:\n  host: 127.0.0.1\n  port: 0\nexecution:\n  shutdown_timeout: 2s\nrepos:\n  widgets:\n    repo_url: https://example.invalid/widgets.git\n",
+    )
+    .unwrap();
+    let airut = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_airut"));
+        c.arg("--config")
+            .arg(state.join("airut.yaml"))
+            .arg("--state-dir")
+            .arg(state)
+            .args(args)
+            .env("AIRUT_LOG", "warn");
+        c
+    };
+    let mut child = airut(&["run"]).stdin(Stdio::null()).spawn().unwrap();
+    let seen = tokio::time::timeout(WAIT, async {
+        loop {
+            let out = airut(&["events", "tail", "--json"]).output().unwrap();
+            if String::from_utf8_lossy(&out.stdout).contains("repo.booted") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert!(seen.is_ok(), "no repo.booted event");
+    assert!(status.success(), "{status}");
+    let log = Log::open(&state.join("log"), LogOptions::default()).unwrap();
+    let booted: Vec<RepoBootedV1> = events(&log)
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::RepoBooted(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(booted.len(), 1);
+    assert_eq!(booted[0].repo, repo());
+    assert!(!booted[0].ok);
+    let why = booted[0].error.as_deref().unwrap();
+    assert!(
+        why.contains("no channel") && why.contains("no sandbox runner"),
+        "{why}"
+    );
+}

@@ -228,6 +228,45 @@ impl RepoSetup {
     }
 }
 
+/// Each configured repo with its workspace wired (the mirror is refreshed
+/// by the boot check); channels and the sandbox runner are plugged in by
+/// the caller. A repo whose workspace cannot be set up fails its boot
+/// check with the reason.
+pub fn repo_setups(cfg: &crate::config::ServerConfig) -> Vec<RepoSetup> {
+    cfg.repos
+        .iter()
+        .map(|(id, repo)| {
+            let mut setup = RepoSetup::from_config(id, repo);
+            match crate::workspace::RepoWorkspace::new(
+                &cfg.state_dir,
+                setup.id.clone(),
+                &repo.repo_url,
+                repo.git.clone(),
+                cfg.execution.git_timeout,
+            ) {
+                Ok(ws) => {
+                    let check = ws.clone();
+                    setup.workspace = Some(Arc::new(ws));
+                    setup.boot_check = Some(Arc::new(move || {
+                        let ws = check.clone();
+                        Box::pin(
+                            async move { ws.refresh_mirror().await.map_err(|e| e.to_string()) },
+                        )
+                    }));
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    setup.boot_check = Some(Arc::new(move || {
+                        let why = why.clone();
+                        Box::pin(async move { Err(why) })
+                    }));
+                }
+            }
+            setup
+        })
+        .collect()
+}
+
 // === impl GatewayHandle ===
 
 impl GatewayHandle {
