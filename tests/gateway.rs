@@ -453,6 +453,42 @@ async fn a_conversation_of_another_repo_is_never_resumed() {
 }
 
 #[tokio::test]
+async fn unknown_or_malformed_references_start_a_new_conversation() {
+    let w = World::new();
+    let log = w.open_log();
+    let mut m = mail("<u1@x>", "Re: [ID:deadbeef] old", "continue please");
+    m.conversation_ref = Some(ConversationId(0xdead_beef));
+    m.thread_keys = vec![
+        String::new(),
+        "<never-seen@x>".to_owned(),
+        "\0\n".to_owned(),
+    ];
+    receive(&log, m).await;
+    let mut gw = w.boot(&log).await;
+    gw.run_until_idle().await.unwrap();
+    let convs = conversations(&log);
+    assert_eq!(convs.len(), 1);
+    assert_ne!(convs[0].conversation, ConversationId(0xdead_beef));
+    assert_eq!(convs[0].replaces_expired, None);
+    assert!(!convs[0].thread_keys.contains(&String::new()));
+    // A hostile attachment name stays inside the inbox.
+    let blob = log.put_blob(b"x").unwrap();
+    let mut m = mail("<u2@x>", "Files", "see attached");
+    m.attachments = vec![AttachmentV1 {
+        name: "../../../etc/cron.d/evil".to_owned(),
+        original_name: "../../../etc/cron.d/evil".to_owned(),
+        content_type: "text/plain".to_owned(),
+        blob,
+    }];
+    receive(&log, m).await;
+    gw.run_until_idle().await.unwrap();
+    let conv = conversations(&log)[1].conversation;
+    let inbox = ConversationDirs::at(w.ws_root.join(conv.to_string())).inbox;
+    assert!(inbox.join("evil").is_file());
+    assert!(w.runner.requests()[1].prompt.contains("/inbox/: evil."));
+}
+
+#[tokio::test]
 async fn empty_messages_are_dismissed_with_an_error_reply_and_start_nothing() {
     let w = World::new();
     let log = w.open_log();
@@ -885,6 +921,28 @@ async fn a_repo_that_cannot_start_is_marked_failed_and_the_others_run() {
     assert_eq!(conversations(&log).len(), 1);
     assert_eq!(gw.state().intake.len(), 1);
     assert_eq!(count(&log, EventType::MessageDismissed), 0);
+    // A message for a repo the config does not name is dismissed, unanswered.
+    let mut m = mail("<g1@x>", "To a ghost", "hi");
+    m.repo = RepoId("ghost".to_owned());
+    receive(&log, m).await;
+    gw.run_until_idle().await.unwrap();
+    let dismissed = events(&log).into_iter().find_map(|(_, e)| match e {
+        Event::MessageDismissed(d) => Some(d),
+        _ => None,
+    });
+    assert_eq!(
+        dismissed.map(|d| d.reason),
+        Some(DismissReason::RepoUnavailable)
+    );
+    assert_eq!(
+        w.sink
+            .sent()
+            .iter()
+            .filter(|r| r.kind == ReplyKind::Error)
+            .count(),
+        0
+    );
+    assert_eq!(gw.state().intake.len(), 1);
 }
 
 // --- crash safety -------------------------------------------------------------

@@ -262,3 +262,37 @@ async fn failures_leave_nothing_behind_and_say_what_failed() {
         Err(WorkspaceError::BadUrl(_))
     ));
 }
+
+#[test]
+fn airut_check_probes_each_repo_remote_and_names_the_failing_one() {
+    let remote = Remote::new();
+    std::fs::create_dir_all(&remote.state).unwrap();
+    std::fs::write(
+        remote.state.join("airut.yaml"),
+        format!(
+            "config_version: 1\nrepos:\n  good:\n    repo_url: {}\n  bad:\n    repo_url: {}\n",
+            remote.url(),
+            remote.state.join("missing.git").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_airut"))
+        .arg("--config")
+        .arg(remote.state.join("airut.yaml"))
+        .arg("--state-dir")
+        .arg(&remote.state)
+        .arg("check")
+        .env("AIRUT_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("ok    repo good:") && text.contains("(default branch main)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("FAIL  repo bad:") && text.contains("repos.bad.repo_url"),
+        "{text}"
+    );
+}

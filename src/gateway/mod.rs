@@ -692,6 +692,14 @@ impl Gateway {
             kill.cancel();
             tracker.wait().await;
         }
+        // Answers for tasks that ended during the drain go out now rather
+        // than after the next start (the caller bounds this wait too).
+        if result.is_ok() {
+            self.catch_up().await?;
+            while self.reply_one().await?.is_some() {
+                self.catch_up().await?;
+            }
+        }
         result
     }
 
