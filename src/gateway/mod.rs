@@ -41,6 +41,7 @@ use crate::log::{
 };
 use crate::workspace::ConversationDirs;
 
+pub mod bench;
 pub mod driver;
 pub mod intake;
 pub mod prompt;
