@@ -4,5 +4,7 @@
 mod cli;
 mod email;
 mod events;
+mod gateway;
 mod log;
 mod projections;
+mod workspace;

@@ -59,6 +59,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Email { iterations, corpus }) => {
             super::bench::email(iterations, corpus).await
         }
+        Command::Bench(BenchCommand::Gateway { messages, dir }) => {
+            super::bench::gateway(messages, dir).await
+        }
     }
 }
 

@@ -152,6 +152,16 @@ pub enum BenchCommand {
         #[arg(long)]
         corpus: Option<PathBuf>,
     },
+    /// Gateway overhead: message to agent start and to reply, with a real
+    /// log and git workspaces, and an agent and channel that answer at once.
+    Gateway {
+        /// Messages per phase (new conversations, replies, burst).
+        #[arg(long, default_value_t = 50)]
+        messages: usize,
+        /// Scratch directory [default: a temporary directory].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Internal: rebuild the projections of an existing bench store and
     /// report peak memory (run as a child of `bench log`).
     #[command(hide = true)]

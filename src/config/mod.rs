@@ -16,6 +16,9 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
+pub use gateway::{ExecutionConfig, GitCredentials};
+
+mod gateway;
 mod raw;
 mod resolve;
 #[cfg(test)]
@@ -37,6 +40,8 @@ pub struct ServerConfig {
     pub dashboard: DashboardConfig,
     /// Repositories by id.
     pub repos: BTreeMap<String, RepoConfig>,
+    /// `execution:` (gateway concurrency, shutdown, expiry, git timeout).
+    pub execution: ExecutionConfig,
 }
 
 /// `dashboard:`.
@@ -60,6 +65,8 @@ pub struct RepoConfig {
     pub model: String,
     /// Default effort (`low`, `medium`, `high`, `max`).
     pub effort: Option<String>,
+    /// `git:`: the server's credentials for the remote, if it needs any.
+    pub git: Option<GitCredentials>,
 }
 
 /// A config as loaded.
@@ -159,6 +166,7 @@ impl Default for ServerConfig {
                 base_url: None,
             },
             repos: BTreeMap::new(),
+            execution: ExecutionConfig::default(),
         }
     }
 }

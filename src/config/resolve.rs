@@ -22,7 +22,7 @@ enum Value {
     Bad,
 }
 
-struct Resolver<'a> {
+pub(crate) struct Resolver<'a> {
     env: &'a dyn Fn(&str) -> Option<String>,
     vars: BTreeMap<String, Option<String>>,
     problems: Vec<Problem>,
@@ -155,12 +155,15 @@ pub(crate) fn resolve(
         }
     }
 
+    let execution = super::gateway::execution(&mut r, raw.execution.as_ref());
+
     if r.problems.is_empty() {
         Ok((
             ServerConfig {
                 state_dir,
                 dashboard,
                 repos,
+                execution,
             },
             r.warnings,
         ))
@@ -172,7 +175,7 @@ pub(crate) fn resolve(
 // === impl Resolver ===
 
 impl Resolver<'_> {
-    fn problem(&mut self, at: &Scalar, key: &str, message: String) {
+    pub(crate) fn problem(&mut self, at: &Scalar, key: &str, message: String) {
         self.problems.push(Problem {
             line: Some(at.referenced.line()),
             key: key.to_owned(),
@@ -220,7 +223,7 @@ impl Resolver<'_> {
     }
 
     /// An optional value: unset `!env` means absent, with a warning.
-    fn optional(&mut self, key: &str, s: &Scalar) -> Option<String> {
+    pub(crate) fn optional(&mut self, key: &str, s: &Scalar) -> Option<String> {
         match self.expand(key, s) {
             Value::Set(v) => Some(v),
             Value::Unset(why) => {
@@ -235,7 +238,7 @@ impl Resolver<'_> {
     }
 
     /// A required value: missing or unset is a problem.
-    fn required(&mut self, key: &str, s: Option<&Scalar>, line: u64) -> Option<String> {
+    pub(crate) fn required(&mut self, key: &str, s: Option<&Scalar>, line: u64) -> Option<String> {
         let Some(s) = s else {
             self.problems.push(Problem {
                 line: Some(line),
@@ -292,6 +295,7 @@ impl Resolver<'_> {
                 None => None,
             },
         };
+        let git = super::gateway::git(self, key, repo.git.as_ref());
         if self.problems.len() > before {
             return None;
         }
@@ -299,6 +303,7 @@ impl Resolver<'_> {
             repo_url: repo_url?,
             model,
             effort,
+            git,
         })
     }
 }

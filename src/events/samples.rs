@@ -129,6 +129,14 @@ pub fn sample(ty: EventType) -> Event {
             detail: s("DMARC fail for example.net (p=reject)"),
             raw: Some(blob(0x33, 3_051)),
         }),
+        EventType::MessageDismissed => Event::MessageDismissed(MessageDismissedV1 {
+            message,
+            repo: repo.clone(),
+            channel: s("email"),
+            reason: DismissReason::EmptyBody,
+            detail: s("the message has no text; send a new message with instructions"),
+            conversation: Some(conversation),
+        }),
         EventType::ConversationStarted => Event::ConversationStarted(ConversationStartedV1 {
             conversation,
             repo,
@@ -186,6 +194,12 @@ pub fn sample(ty: EventType) -> Event {
             web_searches: 1,
             web_fetches: 2,
             blocked_hosts: vec![s("pypi.org")],
+        }),
+        EventType::TaskInterrupted => Event::TaskInterrupted(TaskInterruptedV1 {
+            task,
+            attempt: 1,
+            rerun: true,
+            reason: s("the server restarted while the task ran"),
         }),
         EventType::ImageBuildStarted => Event::ImageBuildStarted(ImageBuildStartedV1 {
             repo,

@@ -119,6 +119,18 @@ impl Event {
                 }
                 out
             }
+            Event::MessageDismissed(e) => {
+                let reason = match e.reason {
+                    DismissReason::EmptyBody => "empty message",
+                    DismissReason::RepoUnavailable => "repo unavailable",
+                };
+                format!(
+                    "{} message {} to {} dismissed: {reason}",
+                    text(&e.channel),
+                    e.message,
+                    text(&e.repo.0)
+                )
+            }
             Event::ConversationStarted(e) => {
                 let mut out = format!(
                     "conversation {} started in {} over {}",
@@ -198,6 +210,17 @@ impl Event {
                 }
                 out
             }
+            Event::TaskInterrupted(e) => format!(
+                "task {} interrupted in attempt {} ({}): {}",
+                e.task,
+                e.attempt,
+                if e.rerun {
+                    "will run again"
+                } else {
+                    "not re-run"
+                },
+                text(&e.reason)
+            ),
             Event::ImageBuildStarted(e) => {
                 let mut out = format!(
                     "image {} build started for {}",

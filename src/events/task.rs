@@ -97,4 +97,19 @@ frozen! {
         /// update, allowlist parse, Claude binary fetch); `reason` says which.
         InternalError,
     }
+
+    /// A task's run was cut off (the server crashed or shut down while it
+    /// ran). With `rerun` it goes back to the queue and runs once more
+    /// (resuming its Claude session when one was recorded); without, a
+    /// `task.completed` with outcome `Interrupted` follows.
+    pub struct TaskInterruptedV1 {
+        /// The task.
+        pub task: TaskId,
+        /// The attempt that was cut off.
+        pub attempt: u32,
+        /// Whether the task runs again.
+        pub rerun: bool,
+        /// What happened (crash found at boot, shutdown deadline passed).
+        pub reason: String,
+    }
 }

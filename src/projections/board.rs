@@ -370,6 +370,8 @@ impl Task {
                 self.web_fetches = Some(e.web_fetches);
                 self.blocked_hosts = e.blocked_hosts.clone();
             }
+            // A re-run waits for a slot again.
+            Event::TaskInterrupted(e) if e.rerun => self.state = TaskState::Queued,
             Event::ContainerCreated(e) => self.container_id = Some(e.container_id.clone()),
             Event::ContainerStarted(e) => self.container_id = Some(e.container_id.clone()),
             Event::ContainerOutput(e) => {
@@ -540,6 +542,7 @@ fn task_of(event: &Event) -> Option<TaskId> {
         Event::TaskCoalesced(e) => Some(e.task),
         Event::TaskStarted(e) => Some(e.task),
         Event::TaskCompleted(e) => Some(e.task),
+        Event::TaskInterrupted(e) => Some(e.task),
         Event::ContainerCreated(e) => Some(e.task),
         Event::ContainerStarted(e) => Some(e.task),
         Event::ContainerOutput(e) => Some(e.task),
