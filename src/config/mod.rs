@@ -16,6 +16,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
+pub mod email;
 mod raw;
 mod resolve;
 #[cfg(test)]
@@ -60,6 +61,8 @@ pub struct RepoConfig {
     pub model: String,
     /// Default effort (`low`, `medium`, `high`, `max`).
     pub effort: Option<String>,
+    /// The email channel (`repos.<id>.email`), if configured.
+    pub email: Option<email::EmailConfig>,
 }
 
 /// A config as loaded.

@@ -36,6 +36,7 @@ pub(crate) struct RawRepo {
     pub repo_url: Option<Scalar>,
     pub model: Option<Scalar>,
     pub effort: Option<Scalar>,
+    pub email: Option<super::email::RawEmail>,
 }
 
 /// Parses the text. The error message carries the line and a snippet.

@@ -22,7 +22,7 @@ enum Value {
     Bad,
 }
 
-struct Resolver<'a> {
+pub(super) struct Resolver<'a> {
     env: &'a dyn Fn(&str) -> Option<String>,
     vars: BTreeMap<String, Option<String>>,
     problems: Vec<Problem>,
@@ -155,6 +155,8 @@ pub(crate) fn resolve(
         }
     }
 
+    check_shared_inboxes(&mut r, &raw, &repos);
+
     if r.problems.is_empty() {
         Ok((
             ServerConfig {
@@ -172,7 +174,7 @@ pub(crate) fn resolve(
 // === impl Resolver ===
 
 impl Resolver<'_> {
-    fn problem(&mut self, at: &Scalar, key: &str, message: String) {
+    pub(super) fn problem(&mut self, at: &Scalar, key: &str, message: String) {
         self.problems.push(Problem {
             line: Some(at.referenced.line()),
             key: key.to_owned(),
@@ -220,7 +222,7 @@ impl Resolver<'_> {
     }
 
     /// An optional value: unset `!env` means absent, with a warning.
-    fn optional(&mut self, key: &str, s: &Scalar) -> Option<String> {
+    pub(super) fn optional(&mut self, key: &str, s: &Scalar) -> Option<String> {
         match self.expand(key, s) {
             Value::Set(v) => Some(v),
             Value::Unset(why) => {
@@ -235,7 +237,7 @@ impl Resolver<'_> {
     }
 
     /// A required value: missing or unset is a problem.
-    fn required(&mut self, key: &str, s: Option<&Scalar>, line: u64) -> Option<String> {
+    pub(super) fn required(&mut self, key: &str, s: Option<&Scalar>, line: u64) -> Option<String> {
         let Some(s) = s else {
             self.problems.push(Problem {
                 line: Some(line),
@@ -256,6 +258,20 @@ impl Resolver<'_> {
             }
             Value::Bad => None,
         }
+    }
+
+    /// How many problems were found so far.
+    pub(super) fn problem_count(&self) -> usize {
+        self.problems.len()
+    }
+
+    /// Records a problem not tied to one scalar (a missing section).
+    pub(super) fn push_problem(&mut self, line: Option<u64>, key: &str, message: String) {
+        self.problems.push(Problem {
+            line,
+            key: key.to_owned(),
+            message,
+        });
     }
 
     fn repo(&mut self, key: &str, repo: &RawRepo) -> Option<RepoConfig> {
@@ -292,6 +308,10 @@ impl Resolver<'_> {
                 None => None,
             },
         };
+        let email = repo
+            .email
+            .as_ref()
+            .and_then(|e| super::email::resolve(self, key, e, line));
         if self.problems.len() > before {
             return None;
         }
@@ -299,6 +319,7 @@ impl Resolver<'_> {
             repo_url: repo_url?,
             model,
             effort,
+            email,
         })
     }
 }
@@ -360,5 +381,33 @@ fn expand_home(v: &str) -> PathBuf {
     match v.strip_prefix("~/") {
         Some(rest) => super::home_dir().join(rest),
         None => PathBuf::from(v),
+    }
+}
+
+/// Two repos may not consume the same mailbox: each would take the other's
+/// mail.
+fn check_shared_inboxes(
+    r: &mut Resolver<'_>,
+    raw: &RawConfig,
+    repos: &BTreeMap<String, RepoConfig>,
+) {
+    let mut seen: BTreeMap<(String, u16, String, String), &str> = BTreeMap::new();
+    for (id, _) in &raw.repos {
+        let Some(email) = repos.get(&id.value).and_then(|c| c.email.as_ref()) else {
+            continue;
+        };
+        let identity = email.inbox_identity();
+        if let Some(other) = seen.get(&identity) {
+            r.push_problem(
+                Some(id.referenced.line()),
+                &format!("repos.{}.email.imap", id.value),
+                format!(
+                    "repos {other} and {} read the same mailbox ({} on {}:{} as {}); give each repo its own",
+                    id.value, identity.3, identity.0, identity.1, identity.2
+                ),
+            );
+        } else {
+            seen.insert(identity, &id.value);
+        }
     }
 }
