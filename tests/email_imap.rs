@@ -525,3 +525,115 @@ async fn sigkill_between_append_and_delete_processes_once() {
     assert!(received[0].ends_with(":crash@example.com"), "{received:?}");
     assert!(received[1].ends_with(":later@example.com"), "{received:?}");
 }
+
+// === the OAuth2 token source against a local token endpoint ===
+
+/// A token endpoint answering `answer` (status, body) and counting requests.
+async fn scripted_token_server(
+    status: u16,
+    body: &'static str,
+) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::routing::post;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&hits);
+    let app = axum::Router::new().route(
+        "/t/oauth2/v2.0/token",
+        post(move |form: String| {
+            let counter = Arc::clone(&counter);
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                assert!(form.contains("client_secret=s%3Dcr%26t"), "{form}");
+                assert!(
+                    form.contains("scope=https%3A%2F%2Foutlook.office365.com%2F.default"),
+                    "{form}"
+                );
+                (
+                    axum::http::StatusCode::from_u16(status).unwrap(),
+                    [("content-type", "application/json")],
+                    body,
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (format!("http://{addr}/t/oauth2/v2.0/token"), hits)
+}
+
+fn token_source(url: String) -> TokenSource {
+    TokenSource::new(
+        OAuth2Config {
+            tenant_id: "t".to_owned(),
+            client_id: "c".to_owned(),
+            client_secret: Secret::new("s=cr&t"),
+            token_url: url,
+            scope: "https://outlook.office365.com/.default".to_owned(),
+        },
+        Trust::public(),
+    )
+}
+
+#[tokio::test]
+async fn oauth2_tokens_are_cached_and_refreshed_before_expiry() {
+    use std::sync::atomic::Ordering;
+    let (url, hits) = scripted_token_server(
+        200,
+        r#"{"access_token":"tok-1","expires_in":3599,"token_type":"Bearer"}"#,
+    )
+    .await;
+    let tokens = token_source(url);
+    assert_eq!(tokens.token().await.unwrap().expose(), "tok-1");
+    assert_eq!(tokens.token().await.unwrap().expose(), "tok-1");
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "cached");
+    let sasl = tokens.xoauth2("airut@example.net").await.unwrap();
+    assert_eq!(
+        sasl.expose(),
+        "user=airut@example.net\x01auth=Bearer tok-1\x01\x01"
+    );
+
+    // A token with less than the refresh margin left is fetched again.
+    let (url, hits) =
+        scripted_token_server(200, r#"{"access_token":"short","expires_in":"60"}"#).await;
+    let tokens = token_source(url);
+    tokens.token().await.unwrap();
+    tokens.token().await.unwrap();
+    assert_eq!(hits.load(Ordering::SeqCst), 2, "refreshed before expiry");
+}
+
+#[tokio::test]
+async fn oauth2_errors_are_clear_and_never_show_the_secret() {
+    use airut::channels::email::oauth::OAuthError;
+    let (url, _) = scripted_token_server(
+        401,
+        r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided.\r\nTrace ID: x"}"#,
+    )
+    .await;
+    let e = token_source(url).token().await.unwrap_err();
+    assert!(
+        matches!(e, OAuthError::Refused { status: 401, .. }),
+        "{e:?}"
+    );
+    let text = e.to_string();
+    assert!(text.contains("invalid_client: AADSTS7000215"), "{text}");
+    assert!(
+        !text.contains("s=cr&t") && !text.contains("Trace"),
+        "{text}"
+    );
+
+    let (url, _) = scripted_token_server(200, "<html>proxy login</html>").await;
+    let e = token_source(url).token().await.unwrap_err();
+    assert!(matches!(e, OAuthError::BadResponse { .. }), "{e:?}");
+    let (url, _) = scripted_token_server(200, r#"{"token_type":"Bearer"}"#).await;
+    let e = token_source(url).token().await.unwrap_err();
+    assert!(e.to_string().contains("no access_token"), "{e}");
+
+    let e = token_source(format!("http://127.0.0.1:{}/token", free_port()))
+        .token()
+        .await
+        .unwrap_err();
+    assert!(matches!(e, OAuthError::Transport { .. }), "{e:?}");
+}

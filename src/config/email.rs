@@ -742,3 +742,7 @@ fn is_loopback_url(url: &str) -> bool {
     };
     is_loopback_host(&host)
 }
+
+#[cfg(test)]
+#[path = "email_tests.rs"]
+mod tests;
