@@ -191,7 +191,7 @@ fn an_empty_allowlist_is_refused() {
 
 #[test]
 fn two_repos_may_not_share_an_inbox() {
-    let section = MINIMAL.replace("      ", "      ");
+    let section = MINIMAL;
     let text = format!(
         "config_version: 1\nrepos:\n  a:\n    repo_url: x\n    email:\n{section}  b:\n    repo_url: y\n    email:\n{}",
         section.replace("username: airut@example.com", "username: AIRUT@example.com")
