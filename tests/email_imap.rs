@@ -637,3 +637,52 @@ async fn oauth2_errors_are_clear_and_never_show_the_secret() {
         .unwrap_err();
     assert!(matches!(e, OAuthError::Transport { .. }), "{e:?}");
 }
+
+#[tokio::test]
+async fn a_mail_over_the_size_limit_is_rejected_without_downloading_it() {
+    let dovecot = Dovecot::start(DovecotOptions::default()).await;
+    let store = tempfile::tempdir().unwrap();
+    let log = open_log(store.path());
+    let mut s = (*settings(
+        imap(dovecot.port, Security::Plain, ImapMode::Idle),
+        smtp(1, Security::Plain),
+        Trust::public(),
+    ))
+    .clone();
+    s.parse.max_message_bytes = 4096;
+    let big = mail(
+        "alice@example.com",
+        "big@example.com",
+        "Big",
+        &"x".repeat(10_000),
+    );
+    dovecot.deliver(&big, None).await;
+    let small = mail("alice@example.com", "small@example.com", "Small", "x");
+    dovecot.deliver(&small, None).await;
+    let (mut channel, cancel) = start(Arc::new(s), &log);
+    assert_eq!(next_intake(&mut channel).await.message.subject, "Small");
+    dovecot.wait_empty().await;
+    stop(channel, cancel).await;
+    let rejected: Vec<MessageRejectedV1> = channel_events(&log)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::MessageRejected(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rejected.len(), 1);
+    let r = &rejected[0];
+    assert_eq!(r.reason, RejectReason::Malformed);
+    assert!(r.detail.contains("only its header"), "{}", r.detail);
+    assert_eq!(r.sender, "Alice <alice@example.com>");
+    assert!(r.dedup_key.ends_with(":big@example.com"), "{}", r.dedup_key);
+    let header = log
+        .get_blob(&r.raw.as_ref().unwrap().hash)
+        .unwrap()
+        .unwrap();
+    assert!(
+        header.len() < 1000 && header.ends_with(b"\r\n\r\n"),
+        "{}",
+        header.len()
+    );
+}

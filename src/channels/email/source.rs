@@ -368,12 +368,25 @@ impl Source {
         uids.sort_unstable();
         for &uid in &uids {
             // Finish the mail in hand even when shutdown was asked for.
-            let raw = fetch(session, uid).await?;
-            if let Some(raw) = raw {
-                self.record(uidvalidity, uid, raw).await?;
-                if let Some(hook) = &self.hooks.after_append {
-                    hook(uid);
+            let limit = self.settings.parse.max_message_bytes;
+            let recorded = match fetch_size(session, uid).await? {
+                Some(size) if u64::from(size) > limit => {
+                    // Not downloaded: only its header is kept, as evidence.
+                    let header = fetch(session, uid, "BODY.PEEK[HEADER]").await?;
+                    self.record_oversized(uidvalidity, uid, header.unwrap_or_default(), size)
+                        .await?;
+                    true
                 }
+                _ => match fetch(session, uid, "BODY.PEEK[]").await? {
+                    Some(raw) => {
+                        self.record(uidvalidity, uid, raw).await?;
+                        true
+                    }
+                    None => false,
+                },
+            };
+            if recorded && let Some(hook) = &self.hooks.after_append {
+                hook(uid);
             }
             self.command(
                 "UID STORE",
@@ -443,6 +456,58 @@ impl Source {
             }
             _ => {}
         }
+        Ok(())
+    }
+
+    /// Records a mail larger than the limit as rejected, from its header.
+    async fn record_oversized(
+        &mut self,
+        uidvalidity: u32,
+        uid: u32,
+        header: Vec<u8>,
+        size: u32,
+    ) -> Result<(), SourceError> {
+        let message_id = header_message_id(&header);
+        let key = format!("imap:{uidvalidity}:{uid}:{message_id}");
+        if self.seen.contains(&key) {
+            return Ok(());
+        }
+        let log = self.log.clone();
+        let blob = tokio::task::spawn_blocking(move || log.put_blob(&header).map(|b| (b, header)))
+            .await
+            .map_err(|e| SourceError::Log(format!("intake task failed: {e}")))?
+            .map_err(|e| SourceError::Log(format!("blob store: {e}")))?;
+        let (raw, header) = blob;
+        let sender = mail_parser::MessageParser::new()
+            .parse_headers(&header[..])
+            .and_then(|m| {
+                m.header_raw("From").map(|f| {
+                    f.trim()
+                        .chars()
+                        .filter(|c| !c.is_control())
+                        .take(300)
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        let limit = self.settings.parse.max_message_bytes;
+        let event = Event::MessageRejected(MessageRejectedV1 {
+            repo: self.settings.repo.clone(),
+            channel: CHANNEL.to_owned(),
+            dedup_key: key.clone(),
+            sender,
+            reason: crate::events::RejectReason::Malformed,
+            detail: format!(
+                "message is {size} bytes, over the {limit}-byte limit; only its header was downloaded"
+            ),
+            raw: Some(raw),
+        });
+        self.log
+            .append(one(self.stream.clone(), event))
+            .await
+            .map_err(|e| SourceError::Log(e.to_string()))?;
+        tracing::info!(uid, size, "mail over the size limit rejected");
+        self.seen.insert(key);
         Ok(())
     }
 
@@ -542,19 +607,51 @@ fn build_event(
     })
 }
 
-/// Fetches one mail's bytes without setting `\Seen`. `None` when the mail
-/// vanished (deleted by someone else) or has no body.
-async fn fetch(session: &mut ImapSession, uid: u32) -> Result<Option<Vec<u8>>, SourceError> {
+/// Fetches one mail's size (RFC822.SIZE), if the server says.
+async fn fetch_size(session: &mut ImapSession, uid: u32) -> Result<Option<u32>, SourceError> {
     let work = async {
         let mut stream = session
-            .uid_fetch(uid.to_string(), "(UID BODY.PEEK[])")
+            .uid_fetch(uid.to_string(), "(UID RFC822.SIZE)")
+            .await
+            .map_err(imap_err)?;
+        let mut size = None;
+        while let Some(item) = stream.next().await {
+            let fetch = item.map_err(imap_err)?;
+            if fetch.uid == Some(uid) {
+                size = fetch.size;
+            }
+        }
+        Ok(size)
+    };
+    tokio::time::timeout(COMMAND_TIMEOUT, work)
+        .await
+        .map_err(|_| SourceError::Timeout("UID FETCH", COMMAND_TIMEOUT.as_secs()))?
+}
+
+/// Fetches one mail's bytes (`BODY.PEEK[]`) or header
+/// (`BODY.PEEK[HEADER]`) without setting `\Seen`. `None` when the mail
+/// vanished (deleted by someone else) or has no body.
+async fn fetch(
+    session: &mut ImapSession,
+    uid: u32,
+    section: &str,
+) -> Result<Option<Vec<u8>>, SourceError> {
+    let header_only = section.ends_with("[HEADER]");
+    let work = async {
+        let mut stream = session
+            .uid_fetch(uid.to_string(), format!("(UID {section})"))
             .await
             .map_err(imap_err)?;
         let mut body = None;
         while let Some(item) = stream.next().await {
             let fetch = item.map_err(imap_err)?;
+            let bytes = if header_only {
+                fetch.header()
+            } else {
+                fetch.body()
+            };
             if fetch.uid == Some(uid)
-                && let Some(b) = fetch.body()
+                && let Some(b) = bytes
             {
                 body = Some(b.to_vec());
             }
