@@ -686,3 +686,75 @@ async fn a_mail_over_the_size_limit_is_rejected_without_downloading_it() {
         header.len()
     );
 }
+
+// === figures (not a test of speed: run by hand, prints numbers) ===
+
+/// IDLE wake latency (APPEND done → mail recorded and passed on) and the
+/// end-to-end drain rate (fetch, inspect, durable append, delete).
+/// `cargo test --test tests email_imap::bench_idle -- --ignored --nocapture`
+#[tokio::test]
+#[ignore = "benchmark: prints figures"]
+async fn bench_idle_wake_latency_and_drain_rate() {
+    let dovecot = Dovecot::start(DovecotOptions::default()).await;
+    let store = tempfile::tempdir().unwrap();
+    let log = open_log(store.path());
+    let settings = settings(
+        imap(dovecot.port, Security::Plain, ImapMode::Idle),
+        smtp(1, Security::Plain),
+        Trust::public(),
+    );
+    let (mut channel, cancel) = start(Arc::clone(&settings), &log);
+    wait_health(&mut channel.health, ChannelHealth::Healthy).await;
+    let mut waits = Vec::new();
+    for i in 0..30 {
+        // Let the source settle into IDLE.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let m = mail(
+            "alice@example.com",
+            &format!("lat{i}@example.com"),
+            "latency",
+            "x",
+        );
+        let mut s = dovecot.client().await;
+        s.append("INBOX", None, None, &m).await.unwrap();
+        let appended = tokio::time::Instant::now();
+        next_intake(&mut channel).await;
+        waits.push(appended.elapsed());
+        let _ = s.logout().await;
+    }
+    stop(channel, cancel).await;
+    waits.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "IDLE wake latency over {} mails (APPEND done -> message.received durable and passed on): \
+         min {:.1} ms, median {:.1} ms, p90 {:.1} ms, max {:.1} ms",
+        waits.len(),
+        ms(waits[0]),
+        ms(waits[waits.len() / 2]),
+        ms(waits[waits.len() * 9 / 10]),
+        ms(waits[waits.len() - 1])
+    );
+
+    let n = 200;
+    for i in 0..n {
+        let m = mail(
+            "alice@example.com",
+            &format!("drain{i}@example.com"),
+            "drain",
+            &"body ".repeat(200),
+        );
+        dovecot.deliver(&m, None).await;
+    }
+    let (mut channel, cancel) = start(settings, &log);
+    let start = tokio::time::Instant::now();
+    for _ in 0..n {
+        next_intake(&mut channel).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    stop(channel, cancel).await;
+    println!(
+        "drain of {n} waiting mails (connect, fetch, inspect, durable append, delete + expunge each): \
+         {:.0} mails/s ({secs:.2} s)",
+        n as f64 / secs
+    );
+}
