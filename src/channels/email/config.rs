@@ -149,3 +149,49 @@ impl Credentials {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> EmailConfig {
+        let text = format!(
+            "config_version: 1\nrepos:\n  r:\n    repo_url: x\n    email:\n      address: airut@example.net\n      username: u\n      password: p\n      imap: {{host: imap.example.net}}\n      smtp: {{host: smtp.example.net}}\n      auth: {{trusted_authserv_id: mx.example.net, authorized_senders: [\"*@example.com\"]}}\n{extra}"
+        );
+        let loaded = crate::config::load_bytes(text.as_bytes(), "t.yaml", &|_| None).unwrap();
+        loaded.config.repos["r"].email.clone().unwrap()
+    }
+
+    #[test]
+    fn settings_from_config() {
+        let s = EmailSettings::from_config(
+            RepoId("r".to_owned()),
+            &config(""),
+            vec!["opus".to_owned()],
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.message_id_domain(), "example.net");
+        assert_eq!(s.parse.own_address, "airut@example.net");
+        assert_eq!(s.parse.models, ["opus"]);
+        assert!(
+            matches!(&s.credentials, Credentials::Password { username, .. } if username == "u")
+        );
+        assert_eq!(s.credentials.username(), "u");
+        assert_eq!(s.trust_config.trusted_authserv_id, "mx.example.net");
+
+        let oauth =
+            config("      microsoft_oauth2: {tenant_id: t, client_id: c, client_secret: s}\n");
+        let s = EmailSettings::from_config(RepoId("r".to_owned()), &oauth, vec![], None).unwrap();
+        assert!(matches!(s.credentials, Credentials::OAuth2 { .. }));
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("client_secret: \"s\""), "{shown}");
+    }
+
+    #[test]
+    fn a_missing_ca_file_is_a_setup_error() {
+        let c = config("      ca_file: /nonexistent/ca.pem\n");
+        let e = EmailSettings::from_config(RepoId("r".to_owned()), &c, vec![], None).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+    }
+}

@@ -33,8 +33,8 @@ use super::markdown;
 use super::source::CHANNEL;
 use crate::config::email::Security;
 use crate::events::{
-    ConversationId, Event, EventId, MessageReceivedV1, ReplyFailedV1, ReplyKind, ReplySentV1,
-    ReplyStartedV1, TaskId,
+    ConversationId, Event, EventId, EventType, MessageReceivedV1, ReplyFailedV1, ReplyKind,
+    ReplySentV1, ReplyStartedV1, TaskId,
 };
 use crate::log::{ExpectedVersion, Log, NewEvent, StreamAppend};
 
@@ -399,8 +399,18 @@ impl EmailSink {
         let key = reply.key.clone();
         tokio::task::spawn_blocking(move || {
             let mut started: Option<(EventId, String)> = None;
+            // Conversation streams hold proxy and container events too:
+            // decode only the reply events.
+            let wanted = [
+                EventType::ReplyStarted.code(),
+                EventType::ReplySent.code(),
+                EventType::ReplyFailed.code(),
+            ];
             for record in log.stream_iter(&stream, 1) {
                 let record = record.map_err(|e| SinkError(e.to_string()))?;
+                if !wanted.contains(&record.header.event_type) {
+                    continue;
+                }
                 let cause = record.header.causation;
                 match record.decode().map_err(|e| SinkError(e.to_string()))? {
                     Event::ReplyStarted(e) if e.key == key && e.channel == CHANNEL => {

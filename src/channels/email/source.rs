@@ -724,10 +724,14 @@ async fn connect(settings: &EmailSettings) -> Result<ImapSession, SourceError> {
             .await
             .map_err(|(e, _)| login_err(e)),
         Credentials::OAuth2 { username, tokens } => {
-            let response = tokens
-                .xoauth2(username)
-                .await
-                .map_err(|e| SourceError::Login(e.to_string()))?;
+            let response = tokens.xoauth2(username).await.map_err(|e| match e {
+                // Unreachable endpoint: like a lost connection, retried.
+                super::oauth::OAuthError::Transport { .. } => {
+                    SourceError::Connection(e.to_string())
+                }
+                // Refused or unreadable: the operator must fix the config.
+                _ => SourceError::Login(e.to_string()),
+            })?;
             client
                 .authenticate("XOAUTH2", XOAuth2(Some(response.expose().to_owned())))
                 .await
