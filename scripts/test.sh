@@ -6,6 +6,7 @@ cd "$repo_root"
 
 ensure_rust
 ensure_debs git ca-certificates
+bash "$repo_root/scripts/ensure-dovecot.sh"
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

@@ -190,6 +190,7 @@ const PINNED: &[(&str, u16, u16, Durability)] = &[
     ("network.dns_query", 601, 1, Durability::Buffered),
     ("reply.sent", 700, 1, Durability::Durable),
     ("reply.failed", 701, 1, Durability::Durable),
+    ("reply.started", 710, 1, Durability::Durable),
 ];
 
 #[test]

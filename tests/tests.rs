@@ -3,6 +3,9 @@
 
 mod cli;
 mod email;
+mod email_imap;
+mod email_smtp;
+mod email_support;
 mod events;
 mod gateway;
 mod log;

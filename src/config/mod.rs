@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 pub use gateway::{ExecutionConfig, GitCredentials};
 
 mod gateway;
+pub mod email;
 mod raw;
 mod resolve;
 #[cfg(test)]
@@ -57,7 +58,7 @@ pub struct DashboardConfig {
 
 /// `repos.<id>:`. Channel, sandbox and network sections are added by the
 /// issues that use them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RepoConfig {
     /// The git remote the agent works on.
     pub repo_url: String,
@@ -67,6 +68,8 @@ pub struct RepoConfig {
     pub effort: Option<String>,
     /// `git:`: the server's credentials for the remote, if it needs any.
     pub git: Option<GitCredentials>,
+    /// The email channel (`repos.<id>.email`), if configured.
+    pub email: Option<email::EmailConfig>,
 }
 
 /// A config as loaded.

@@ -38,6 +38,7 @@ pub(crate) struct RawRepo {
     pub model: Option<Scalar>,
     pub effort: Option<Scalar>,
     pub git: Option<super::gateway::RawGit>,
+    pub email: Option<super::email::RawEmail>,
 }
 
 /// Parses the text. The error message carries the line and a snippet.

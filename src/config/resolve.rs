@@ -156,6 +156,7 @@ pub(crate) fn resolve(
     }
 
     let execution = super::gateway::execution(&mut r, raw.execution.as_ref());
+    check_shared_inboxes(&mut r, &raw, &repos);
 
     if r.problems.is_empty() {
         Ok((
@@ -261,6 +262,20 @@ impl Resolver<'_> {
         }
     }
 
+    /// How many problems were found so far.
+    pub(super) fn problem_count(&self) -> usize {
+        self.problems.len()
+    }
+
+    /// Records a problem not tied to one scalar (a missing section).
+    pub(super) fn push_problem(&mut self, line: Option<u64>, key: &str, message: String) {
+        self.problems.push(Problem {
+            line,
+            key: key.to_owned(),
+            message,
+        });
+    }
+
     fn repo(&mut self, key: &str, repo: &RawRepo) -> Option<RepoConfig> {
         let before = self.problems.len();
         let line = repo_line(repo);
@@ -296,6 +311,10 @@ impl Resolver<'_> {
             },
         };
         let git = super::gateway::git(self, key, repo.git.as_ref());
+        let email = repo
+            .email
+            .as_ref()
+            .and_then(|e| super::email::resolve(self, key, e, line));
         if self.problems.len() > before {
             return None;
         }
@@ -304,6 +323,7 @@ impl Resolver<'_> {
             model,
             effort,
             git,
+            email,
         })
     }
 }
@@ -365,5 +385,33 @@ fn expand_home(v: &str) -> PathBuf {
     match v.strip_prefix("~/") {
         Some(rest) => super::home_dir().join(rest),
         None => PathBuf::from(v),
+    }
+}
+
+/// Two repos may not consume the same mailbox: each would take the other's
+/// mail.
+fn check_shared_inboxes(
+    r: &mut Resolver<'_>,
+    raw: &RawConfig,
+    repos: &BTreeMap<String, RepoConfig>,
+) {
+    let mut seen: BTreeMap<(String, u16, String, String), &str> = BTreeMap::new();
+    for (id, _) in &raw.repos {
+        let Some(email) = repos.get(&id.value).and_then(|c| c.email.as_ref()) else {
+            continue;
+        };
+        let identity = email.inbox_identity();
+        if let Some(other) = seen.get(&identity) {
+            r.push_problem(
+                Some(id.referenced.line()),
+                &format!("repos.{}.email.imap", id.value),
+                format!(
+                    "repos {other} and {} read the same mailbox ({} on {}:{} as {}); give each repo its own",
+                    id.value, identity.3, identity.0, identity.1, identity.2
+                ),
+            );
+        } else {
+            seen.insert(identity, &id.value);
+        }
     }
 }

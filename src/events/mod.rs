@@ -255,6 +255,7 @@ catalogue! {
 
     ReplySent(ReplySentV1) = 700, ver 1, Durable, "reply.sent";
     ReplyFailed(ReplyFailedV1) = 701, ver 1, Durable, "reply.failed";
+    ReplyStarted(ReplyStartedV1) = 710, ver 1, Durable, "reply.started";
 }
 
 /// The alignment rkyv payloads are decoded at (that of `AlignedVec`).

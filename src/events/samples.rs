@@ -295,6 +295,14 @@ pub fn sample(ty: EventType) -> Event {
             error: s("SMTP 451 4.3.0 temporary server error"),
             attempts: 2,
         }),
+        EventType::ReplyStarted => Event::ReplyStarted(ReplyStartedV1 {
+            conversation,
+            task: Some(task),
+            channel: s("email"),
+            kind: ReplyKind::Result,
+            key: s("result:0191e3a4-1c2b-7def-8a01-23456789abcd"),
+            message_id: s("<airut.1a2b3c4d.1787421059.7d2e11f0@example.com>"),
+        }),
     }
 }
 

@@ -336,6 +336,13 @@ impl Event {
                 push_notes(&mut out, &notes);
                 out
             }
+            Event::ReplyStarted(e) => format!(
+                "{} reply started in conversation {} over {} as {}",
+                reply_kind(&e.kind),
+                e.conversation,
+                text(&e.channel),
+                text(&e.message_id)
+            ),
             Event::ReplyFailed(e) => format!(
                 "{} reply failed in conversation {} over {} after {}: {}",
                 reply_kind(&e.kind),
