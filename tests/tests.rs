@@ -6,3 +6,5 @@ mod email;
 mod events;
 mod log;
 mod projections;
+mod sandbox;
+mod support;

@@ -18,8 +18,11 @@ use std::path::{Path, PathBuf};
 
 mod raw;
 mod resolve;
+mod sandbox;
 #[cfg(test)]
 mod tests;
+
+pub use sandbox::{ClaudeSource, ResourceLimits, SandboxConfig};
 
 /// The config format version this build reads and writes.
 pub const CONFIG_VERSION: u32 = 1;
@@ -37,6 +40,8 @@ pub struct ServerConfig {
     pub dashboard: DashboardConfig,
     /// Repositories by id.
     pub repos: BTreeMap<String, RepoConfig>,
+    /// `sandbox:`: container engine, Claude Code binary, image cache.
+    pub sandbox: SandboxConfig,
 }
 
 /// `dashboard:`.
@@ -60,6 +65,8 @@ pub struct RepoConfig {
     pub model: String,
     /// Default effort (`low`, `medium`, `high`, `max`).
     pub effort: Option<String>,
+    /// `resource_limits:` of the task containers.
+    pub resource_limits: ResourceLimits,
 }
 
 /// A config as loaded.
@@ -159,6 +166,7 @@ impl Default for ServerConfig {
                 base_url: None,
             },
             repos: BTreeMap::new(),
+            sandbox: SandboxConfig::default(),
         }
     }
 }

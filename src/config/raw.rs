@@ -16,6 +16,7 @@ pub(crate) struct RawConfig {
     pub vars: Vec<(Spanned<String>, Scalar)>,
     pub state_dir: Option<Scalar>,
     pub dashboard: Option<RawDashboard>,
+    pub sandbox: Option<super::sandbox::RawSandbox>,
     #[serde(default, deserialize_with = "pairs")]
     pub repos: Vec<(Spanned<String>, RawRepo)>,
 }
@@ -36,6 +37,7 @@ pub(crate) struct RawRepo {
     pub repo_url: Option<Scalar>,
     pub model: Option<Scalar>,
     pub effort: Option<Scalar>,
+    pub resource_limits: Option<super::sandbox::RawResourceLimits>,
 }
 
 /// Parses the text. The error message carries the line and a snippet.

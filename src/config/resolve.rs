@@ -22,7 +22,7 @@ enum Value {
     Bad,
 }
 
-struct Resolver<'a> {
+pub(super) struct Resolver<'a> {
     env: &'a dyn Fn(&str) -> Option<String>,
     vars: BTreeMap<String, Option<String>>,
     problems: Vec<Problem>,
@@ -155,12 +155,15 @@ pub(crate) fn resolve(
         }
     }
 
+    let sandbox = super::sandbox::resolve_sandbox(&mut r, raw.sandbox.as_ref());
+
     if r.problems.is_empty() {
         Ok((
             ServerConfig {
                 state_dir,
                 dashboard,
                 repos,
+                sandbox,
             },
             r.warnings,
         ))
@@ -172,7 +175,7 @@ pub(crate) fn resolve(
 // === impl Resolver ===
 
 impl Resolver<'_> {
-    fn problem(&mut self, at: &Scalar, key: &str, message: String) {
+    pub(super) fn problem(&mut self, at: &Scalar, key: &str, message: String) {
         self.problems.push(Problem {
             line: Some(at.referenced.line()),
             key: key.to_owned(),
@@ -220,7 +223,7 @@ impl Resolver<'_> {
     }
 
     /// An optional value: unset `!env` means absent, with a warning.
-    fn optional(&mut self, key: &str, s: &Scalar) -> Option<String> {
+    pub(super) fn optional(&mut self, key: &str, s: &Scalar) -> Option<String> {
         match self.expand(key, s) {
             Value::Set(v) => Some(v),
             Value::Unset(why) => {
@@ -292,6 +295,8 @@ impl Resolver<'_> {
                 None => None,
             },
         };
+        let resource_limits =
+            super::sandbox::resolve_limits(self, key, repo.resource_limits.as_ref());
         if self.problems.len() > before {
             return None;
         }
@@ -299,6 +304,7 @@ impl Resolver<'_> {
             repo_url: repo_url?,
             model,
             effort,
+            resource_limits,
         })
     }
 }
