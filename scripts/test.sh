@@ -6,6 +6,9 @@ cd "$repo_root"
 
 ensure_rust
 ensure_debs git ca-certificates
+# Podman, its API socket, the Debian base image and Claude Code for the
+# sandbox tests (idempotent).
+"$repo_root/scripts/ensure-podman.sh"
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

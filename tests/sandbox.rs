@@ -743,3 +743,56 @@ async fn real_claude_writes_the_outbox_and_commits_then_resumes() {
         "the first task's turns are in the resumed session"
     );
 }
+
+#[test]
+fn airut_check_reports_the_engine_and_runs_the_init() {
+    let init = static_init();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("airut.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "config_version: 1\nsandbox:\n  engine_socket: {}\nrepos:\n  widgets:\n    repo_url: https://example.com/w.git\n",
+            setup().docker_host.display()
+        ),
+    )
+    .unwrap();
+    // `airut` looks for airut-init beside itself: use a copy of the binary
+    // next to the static init.
+    let airut = init.with_file_name("airut");
+    std::fs::copy(env!("CARGO_BIN_EXE_airut"), &airut).unwrap();
+    let out = std::process::Command::new(&airut)
+        .arg("--config")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(dir.path())
+        .arg("check")
+        .env("AIRUT_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ok    container engine: Podman"), "{text}");
+    assert!(text.contains("ok    container run"), "{text}");
+
+    // A socket that does not exist is a failure naming the key.
+    std::fs::write(
+        &config,
+        "config_version: 1\nsandbox:\n  engine_socket: /nonexistent/podman.sock\nrepos:\n  widgets:\n    repo_url: https://example.com/w.git\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(&airut)
+        .arg("--config")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(dir.path())
+        .arg("check")
+        .env("AIRUT_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("FAIL  container engine") && text.contains("sandbox.engine_socket"),
+        "{text}"
+    );
+}

@@ -164,7 +164,7 @@ impl ImageSpec {
 
     /// The build context as a tar archive (fixed times and modes, so equal
     /// specs give equal archives).
-    fn tar(&self) -> Result<Vec<u8>, ImageError> {
+    pub(crate) fn context_tar(&self) -> Result<Vec<u8>, ImageError> {
         let mut b = tar::Builder::new(Vec::new());
         let mut add = |name: &str, content: &[u8]| {
             let mut header = tar::Header::new_gnu();
@@ -284,7 +284,7 @@ impl ImageCache {
             })],
         )
         .await?;
-        let body = spec.tar()?;
+        let body = spec.context_tar()?;
         let options = BuildImageOptionsBuilder::default()
             .dockerfile("Dockerfile")
             .t(tag)
@@ -535,13 +535,13 @@ mod tests {
     #[test]
     fn the_context_archive_holds_every_file() {
         let s = spec("FROM x\n", &[("a.txt", "hello"), ("b", "")]);
-        let tar = s.tar().expect("tar");
+        let tar = s.context_tar().expect("tar");
         let mut names = Vec::new();
         for e in tar::Archive::new(&tar[..]).entries().expect("entries") {
             let e = e.expect("entry");
             names.push(e.path().expect("path").display().to_string());
         }
         assert_eq!(names, ["Dockerfile", "a.txt", "b"]);
-        assert_eq!(tar, s.tar().expect("tar again"));
+        assert_eq!(tar, s.context_tar().expect("tar again"));
     }
 }
