@@ -22,7 +22,7 @@ mod sandbox;
 #[cfg(test)]
 mod tests;
 
-pub use sandbox::{ClaudeSource, ResourceLimits, SandboxConfig};
+pub use sandbox::{ClaudeSource, ResourceLimits, SandboxConfig, valid_claude_version};
 
 /// The config format version this build reads and writes.
 pub const CONFIG_VERSION: u32 = 1;
