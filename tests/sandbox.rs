@@ -796,3 +796,70 @@ fn airut_check_reports_the_engine_and_runs_the_init() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_stops_containers_of_running_tasks_and_removes_unknown_ones() {
+    use airut::sandbox::recovery;
+    let c = conv();
+    let log = open_log(&c.root);
+    let engine = engine().await;
+    let tag = image(&engine, &log, &busybox_spec()).await;
+    let claude = fake_claude(&c, "echo ready; while true; do sleep 1; done");
+    // Two runs whose server "crashes" (the run is dropped mid-way): one task
+    // the log says is running, one it says has ended.
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let req = request(&c, &tag, claude.clone(), "");
+        let (_s, rx) = Stopper::new();
+        let mut sub = log.subscribe(Seq(0));
+        let handle = tokio::spawn({
+            let (engine, log, req) = (engine.clone(), log.clone(), req.clone());
+            async move { run::run(&engine, &log, &req, rx).await }
+        });
+        tokio::time::timeout(Duration::from_secs(120), async {
+            while let Some(r) = sub.next().await {
+                if let Ok(Event::ContainerOutput(o)) = r.unwrap().decode()
+                    && o.task == req.task
+                    && o.raw == "ready"
+                {
+                    break;
+                }
+            }
+        })
+        .await
+        .expect("the agent starts");
+        handle.abort();
+        let _ = handle.await;
+        tasks.push(req.task);
+    }
+    let running = std::collections::HashSet::from([tasks[0]]);
+    let report = recovery::recover(&engine, &log, &running, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        report.interrupted.contains(&(tasks[0], c.stream.clone())),
+        "{report:?}"
+    );
+    let names = [
+        run::container_name(&tasks[0]),
+        run::container_name(&tasks[1]),
+    ];
+    for name in &names {
+        let gone = engine
+            .docker()
+            .inspect_container(
+                name,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await;
+        assert!(gone.is_err(), "{name} still exists");
+    }
+    let evs = events(&log, &c.stream);
+    for task in &tasks {
+        assert!(
+            evs.iter().any(|e| matches!(e, Event::ContainerStopped(s) if s.task == *task && s.reason == StopReason::Recovery)),
+            "no recovery stop for {task}"
+        );
+    }
+    assert!(!report.interrupted.iter().any(|(t, _)| *t == tasks[1]));
+}
