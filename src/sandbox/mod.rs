@@ -17,6 +17,7 @@
 //! after a restart). The in-container init is a separate binary in
 //! `init/` (`airut-init`, std and libc only).
 
+pub mod bench;
 pub mod claude_binary;
 pub mod engine;
 pub mod image;
