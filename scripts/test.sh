@@ -7,6 +7,9 @@ cd "$repo_root"
 ensure_rust
 ensure_debs git ca-certificates
 bash "$repo_root/scripts/ensure-dovecot.sh"
+# Podman, its API socket, the Debian base image and Claude Code for the
+# sandbox tests (idempotent).
+"$repo_root/scripts/ensure-podman.sh"
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

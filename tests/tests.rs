@@ -10,4 +10,6 @@ mod events;
 mod gateway;
 mod log;
 mod projections;
+mod sandbox;
+mod support;
 mod workspace;

@@ -62,6 +62,26 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Gateway { messages, dir }) => {
             super::bench::gateway(messages, dir).await
         }
+        Command::Bench(BenchCommand::Sandbox {
+            runs,
+            engine_socket,
+            init,
+            claude,
+            busybox,
+            podman,
+            parse_mb,
+        }) => {
+            crate::sandbox::bench::run(crate::sandbox::bench::BenchOptions {
+                runs,
+                engine_socket,
+                init: init.unwrap_or_else(crate::sandbox::probe::default_init_path),
+                claude,
+                busybox,
+                podman,
+                parse_mb,
+            })
+            .await
+        }
     }
 }
 

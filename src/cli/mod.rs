@@ -162,6 +162,31 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Sandbox: start → first stream-json line next to `podman run` by
+    /// hand (cached image), and stream-json parse throughput.
+    Sandbox {
+        /// Runs of each kind (median reported).
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// Container engine socket [default: discovered].
+        #[arg(long)]
+        engine_socket: Option<PathBuf>,
+        /// The static airut-init [default: beside airut].
+        #[arg(long)]
+        init: Option<PathBuf>,
+        /// Agent binary [default: a script printing one stream-json line].
+        #[arg(long)]
+        claude: Option<PathBuf>,
+        /// busybox-static for the bench image.
+        #[arg(long, default_value = "/bin/busybox")]
+        busybox: PathBuf,
+        /// podman command for the by-hand figure.
+        #[arg(long, default_value = "podman")]
+        podman: String,
+        /// Megabytes of stream-json for the parse figure.
+        #[arg(long, default_value_t = 256)]
+        parse_mb: usize,
+    },
     /// Internal: rebuild the projections of an existing bench store and
     /// report peak memory (run as a child of `bench log`).
     #[command(hide = true)]

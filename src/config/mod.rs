@@ -18,12 +18,15 @@ use std::path::{Path, PathBuf};
 
 pub use gateway::{ExecutionConfig, GitCredentials};
 
-mod gateway;
 pub mod email;
+mod gateway;
 mod raw;
 mod resolve;
+mod sandbox;
 #[cfg(test)]
 mod tests;
+
+pub use sandbox::{ClaudeSource, ResourceLimits, SandboxConfig, valid_claude_version};
 
 /// The config format version this build reads and writes.
 pub const CONFIG_VERSION: u32 = 1;
@@ -43,6 +46,8 @@ pub struct ServerConfig {
     pub repos: BTreeMap<String, RepoConfig>,
     /// `execution:` (gateway concurrency, shutdown, expiry, git timeout).
     pub execution: ExecutionConfig,
+    /// `sandbox:`: container engine, Claude Code binary, image cache.
+    pub sandbox: SandboxConfig,
 }
 
 /// `dashboard:`.
@@ -70,6 +75,8 @@ pub struct RepoConfig {
     pub git: Option<GitCredentials>,
     /// The email channel (`repos.<id>.email`), if configured.
     pub email: Option<email::EmailConfig>,
+    /// `resource_limits:` of the task containers.
+    pub resource_limits: ResourceLimits,
 }
 
 /// A config as loaded.
@@ -170,6 +177,7 @@ impl Default for ServerConfig {
             },
             repos: BTreeMap::new(),
             execution: ExecutionConfig::default(),
+            sandbox: SandboxConfig::default(),
         }
     }
 }

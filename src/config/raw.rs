@@ -17,6 +17,7 @@ pub(crate) struct RawConfig {
     pub state_dir: Option<Scalar>,
     pub dashboard: Option<RawDashboard>,
     pub execution: Option<super::gateway::RawExecution>,
+    pub sandbox: Option<super::sandbox::RawSandbox>,
     #[serde(default, deserialize_with = "pairs")]
     pub repos: Vec<(Spanned<String>, RawRepo)>,
 }
@@ -39,6 +40,7 @@ pub(crate) struct RawRepo {
     pub effort: Option<Scalar>,
     pub git: Option<super::gateway::RawGit>,
     pub email: Option<super::email::RawEmail>,
+    pub resource_limits: Option<super::sandbox::RawResourceLimits>,
 }
 
 /// Parses the text. The error message carries the line and a snippet.

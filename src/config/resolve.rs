@@ -157,6 +157,7 @@ pub(crate) fn resolve(
 
     let execution = super::gateway::execution(&mut r, raw.execution.as_ref());
     check_shared_inboxes(&mut r, &raw, &repos);
+    let sandbox = super::sandbox::resolve_sandbox(&mut r, raw.sandbox.as_ref());
 
     if r.problems.is_empty() {
         Ok((
@@ -165,6 +166,7 @@ pub(crate) fn resolve(
                 dashboard,
                 repos,
                 execution,
+                sandbox,
             },
             r.warnings,
         ))
@@ -315,6 +317,8 @@ impl Resolver<'_> {
             .email
             .as_ref()
             .and_then(|e| super::email::resolve(self, key, e, line));
+        let resource_limits =
+            super::sandbox::resolve_limits(self, key, repo.resource_limits.as_ref());
         if self.problems.len() > before {
             return None;
         }
@@ -324,6 +328,7 @@ impl Resolver<'_> {
             effort,
             git,
             email,
+            resource_limits,
         })
     }
 }

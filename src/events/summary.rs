@@ -257,6 +257,29 @@ impl Event {
                     )
                 }
             }
+            Event::ImagePruned(e) => format!(
+                "image {} pruned (age {})",
+                text(&e.tag),
+                duration_ms(e.age_secs.saturating_mul(1000))
+            ),
+            Event::ImageReused(e) => format!(
+                "image {} reused for {} (age {})",
+                text(&e.tag),
+                text(&e.repo.0),
+                duration_ms(e.age_secs.saturating_mul(1000))
+            ),
+            Event::ContainerOutputBlob(e) => format!(
+                "task {} {}:{} long line of {} bytes in blob {}: {}",
+                e.task,
+                match e.stream {
+                    OutputStream::Stdout => "stdout",
+                    OutputStream::Stderr => "stderr",
+                },
+                e.line_no,
+                e.blob.size,
+                crate::log::blobs::hex(&e.blob.hash),
+                text(&e.preview)
+            ),
             Event::ContainerCreated(e) => format!(
                 "container {} created for task {} from {}",
                 text(&e.container_id),

@@ -388,6 +388,10 @@ impl Task {
                 self.oom_killed = e.oom_killed;
             }
             Event::ContainerStopped(e) => self.stopped = Some(e.reason.clone()),
+            Event::ContainerOutputBlob(e) => {
+                self.output_lines += 1;
+                self.last_output_kind = Some(e.kind.clone());
+            }
             _ => {}
         }
     }
@@ -548,6 +552,7 @@ fn task_of(event: &Event) -> Option<TaskId> {
         Event::ContainerOutput(e) => Some(e.task),
         Event::ContainerExited(e) => Some(e.task),
         Event::ContainerStopped(e) => Some(e.task),
+        Event::ContainerOutputBlob(e) => Some(e.task),
         _ => None,
     }
 }
