@@ -6,3 +6,4 @@ mod email;
 mod events;
 mod log;
 mod projections;
+mod proxy;

@@ -16,6 +16,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
+pub mod network;
 mod raw;
 mod resolve;
 #[cfg(test)]
@@ -60,6 +61,8 @@ pub struct RepoConfig {
     pub model: String,
     /// Default effort (`low`, `medium`, `high`, `max`).
     pub effort: Option<String>,
+    /// `network:`: the network sandbox (see [`network`]).
+    pub network: network::NetworkConfig,
 }
 
 /// A config as loaded.

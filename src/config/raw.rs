@@ -36,6 +36,7 @@ pub(crate) struct RawRepo {
     pub repo_url: Option<Scalar>,
     pub model: Option<Scalar>,
     pub effort: Option<Scalar>,
+    pub network: Option<super::network::RawNetwork>,
 }
 
 /// Parses the text. The error message carries the line and a snippet.
@@ -46,7 +47,7 @@ pub(crate) fn parse(text: &str) -> Result<RawConfig, String> {
 
 /// A YAML map read in document order with its keys' positions (a map type
 /// would need `Ord` keys and would lose the positions).
-fn pairs<'de, D, K, V>(d: D) -> Result<Vec<(K, V)>, D::Error>
+pub(crate) fn pairs<'de, D, K, V>(d: D) -> Result<Vec<(K, V)>, D::Error>
 where
     D: serde::Deserializer<'de>,
     K: Deserialize<'de>,

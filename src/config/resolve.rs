@@ -22,7 +22,7 @@ enum Value {
     Bad,
 }
 
-struct Resolver<'a> {
+pub(crate) struct Resolver<'a> {
     env: &'a dyn Fn(&str) -> Option<String>,
     vars: BTreeMap<String, Option<String>>,
     problems: Vec<Problem>,
@@ -172,7 +172,15 @@ pub(crate) fn resolve(
 // === impl Resolver ===
 
 impl Resolver<'_> {
-    fn problem(&mut self, at: &Scalar, key: &str, message: String) {
+    pub(crate) fn problem_at(&mut self, line: u64, key: &str, message: String) {
+        self.problems.push(Problem {
+            line: Some(line),
+            key: key.to_owned(),
+            message,
+        });
+    }
+
+    pub(crate) fn problem(&mut self, at: &Scalar, key: &str, message: String) {
         self.problems.push(Problem {
             line: Some(at.referenced.line()),
             key: key.to_owned(),
@@ -220,7 +228,7 @@ impl Resolver<'_> {
     }
 
     /// An optional value: unset `!env` means absent, with a warning.
-    fn optional(&mut self, key: &str, s: &Scalar) -> Option<String> {
+    pub(crate) fn optional(&mut self, key: &str, s: &Scalar) -> Option<String> {
         match self.expand(key, s) {
             Value::Set(v) => Some(v),
             Value::Unset(why) => {
@@ -235,7 +243,7 @@ impl Resolver<'_> {
     }
 
     /// A required value: missing or unset is a problem.
-    fn required(&mut self, key: &str, s: Option<&Scalar>, line: u64) -> Option<String> {
+    pub(crate) fn required(&mut self, key: &str, s: Option<&Scalar>, line: u64) -> Option<String> {
         let Some(s) = s else {
             self.problems.push(Problem {
                 line: Some(line),
@@ -292,6 +300,10 @@ impl Resolver<'_> {
                 None => None,
             },
         };
+        let network = match &repo.network {
+            Some(n) => super::network::resolve(self, &format!("{key}.network"), n),
+            None => super::network::NetworkConfig::default(),
+        };
         if self.problems.len() > before {
             return None;
         }
@@ -299,6 +311,7 @@ impl Resolver<'_> {
             repo_url: repo_url?,
             model,
             effort,
+            network,
         })
     }
 }
