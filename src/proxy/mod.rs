@@ -30,6 +30,7 @@ use crate::events::{StreamId, TaskId};
 pub mod accept;
 pub mod allowlist;
 pub mod audit;
+pub mod bench;
 pub mod credentials;
 pub mod forward;
 pub mod http;
