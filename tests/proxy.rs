@@ -861,3 +861,51 @@ async fn relay_carries_dns_and_https_and_fails_closed_without_the_socket() {
     );
     assert!(buf.is_empty());
 }
+
+#[tokio::test]
+async fn websocket_upgrades_are_checked_then_spliced() {
+    let mut h = harness(ALLOWLIST, |_, _| {}).await;
+    let upgrade = |host: &str| {
+        Request::builder()
+            .uri("/ws")
+            .header("host", host)
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    // Not allowlisted: 403 like any request.
+    let (status, _) = h
+        .get("evil.example.test", upgrade("evil.example.test"))
+        .await;
+    assert_eq!(status, 403);
+    assert_eq!(h.next_request().await.decision, Decision::Blocked);
+    // Allowed: 101, then bytes flow both ways through the proxy.
+    let mut s = https_sender(&h.socket(), h.tls.clone(), "api.example.test")
+        .await
+        .unwrap();
+    s.ready().await.unwrap();
+    let resp = s.send_request(upgrade("api.example.test")).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    let got = h.upstream.received.recv().await.unwrap();
+    assert!(
+        got.headers
+            .iter()
+            .any(|(k, v)| k == "upgrade" && v == "websocket")
+    );
+    let up = hyper::upgrade::on(resp).await.unwrap();
+    let mut io = hyper_util::rt::TokioIo::new(up);
+    io.write_all(b"ping through the sandbox").await.unwrap();
+    let mut buf = [0u8; 24];
+    tokio::time::timeout(Duration::from_secs(20), io.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"ping through the sandbox");
+    drop(io);
+    let ev = h.next_request().await;
+    assert_eq!((ev.decision, ev.status), (Decision::Allowed, Some(101)));
+    h.shutdown().await;
+}

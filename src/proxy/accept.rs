@@ -10,6 +10,7 @@
 //! A per-task connection cap keeps one task from exhausting the server.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -73,7 +74,7 @@ async fn connection(mut stream: UnixStream, task: Arc<TaskState>, cancel: Cancel
         Ok(Err(e)) => return record_connection(&task, 0, "", &e.to_string()),
         Ok(Ok(RelayHeader::Dns(reports))) => {
             for r in reports {
-                let answer = if r.qtype == 1 { "127.0.0.1" } else { "no data" };
+                let answer = if r.qtype == 1 { "loopback" } else { "empty" };
                 task.audit.record(
                     &task.stream,
                     Event::DnsQuery(DnsQueryV1 {
@@ -113,6 +114,7 @@ async fn connection(mut stream: UnixStream, task: Arc<TaskState>, cancel: Cancel
             port,
             tls: true,
             sni,
+            requests: AtomicU64::new(0),
         };
         serve_http(tls, info, task, cancel).await;
     } else {
@@ -120,6 +122,7 @@ async fn connection(mut stream: UnixStream, task: Arc<TaskState>, cancel: Cancel
             port,
             tls: false,
             sni: None,
+            requests: AtomicU64::new(0),
         };
         serve_http(stream, info, task, cancel).await;
     }
@@ -158,7 +161,11 @@ where
         }
     };
     if let Err(e) = result {
+        // The header deadline also ends idle keep-alive connections: after
+        // a served request that is a normal close, not a slow client.
+        let served = info.requests.load(Ordering::Relaxed) > 0;
         let reason = match e.downcast_ref::<hyper::Error>() {
+            Some(h) if h.is_timeout() && served => None,
             Some(h) if h.is_timeout() => Some(format!("client too slow: {h}")),
             Some(h) if h.is_parse() || h.is_parse_too_large() => {
                 Some(format!("malformed request: {h}"))

@@ -52,6 +52,11 @@ pub struct Upstream {
     pub normal: FilteredClient,
     /// For upstream overrides.
     pub overridden: OverrideClient,
+    /// For upgrade requests (WebSocket) to allowlisted hosts: HTTP/1.1 only,
+    /// since an upgrade cannot cross an HTTP/2 connection.
+    pub normal_h1: FilteredClient,
+    /// For upgrade requests to overrides.
+    pub overridden_h1: OverrideClient,
 }
 
 /// Resolves names with the system resolver, dropping addresses of the local
@@ -136,30 +141,45 @@ impl Upstream {
             .with_root_certificates(roots)
             .with_no_client_auth();
 
-        let mut http = HttpConnector::new_with_resolver(PublicResolver);
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls.clone())
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let normal = client_builder().build(https);
+        let filtered = || {
+            let mut http = HttpConnector::new_with_resolver(PublicResolver);
+            configure(&mut http);
+            http
+        };
+        let any = || {
+            let mut http = HttpConnector::new();
+            configure(&mut http);
+            http
+        };
+        Ok(Upstream {
+            normal: client_builder().build(https(&tls, filtered(), true)),
+            overridden: client_builder().build(https(&tls, any(), true)),
+            normal_h1: client_builder().build(https(&tls, filtered(), false)),
+            overridden_h1: client_builder().build(https(&tls, any(), false)),
+        })
+    }
+}
 
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let overridden = client_builder().build(https);
-        Ok(Upstream { normal, overridden })
+fn configure<R>(http: &mut HttpConnector<R>) {
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
+}
+
+/// TLS over `http`, offering h2 and HTTP/1.1, or HTTP/1.1 only (upgrades).
+fn https<R>(
+    tls: &rustls::ClientConfig,
+    http: HttpConnector<R>,
+    h2: bool,
+) -> HttpsConnector<HttpConnector<R>> {
+    let b = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls.clone())
+        .https_or_http()
+        .enable_http1();
+    if h2 {
+        b.enable_http2().wrap_connector(http)
+    } else {
+        b.wrap_connector(http)
     }
 }
 

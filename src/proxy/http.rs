@@ -39,6 +39,8 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The SNI name of the TLS handshake, lower-case.
     pub sni: Option<String>,
+    /// Requests served on this connection so far.
+    pub requests: AtomicU64,
 }
 
 /// Errors a body can surface.
@@ -238,6 +240,7 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, Infallible> {
+    conn.requests.fetch_add(1, Ordering::Relaxed);
     let counters = Arc::new(Counters::default());
     let mut rec = Record {
         task: Arc::clone(&task),
@@ -433,19 +436,14 @@ async fn pipeline(
         cap,
     };
     let fwd = Request::from_parts(parts, body);
-    let sent = if over.is_some() {
-        tokio::time::timeout(
-            task.network.upstream_timeout,
-            task.upstream.overridden.request(fwd),
-        )
-        .await
-    } else {
-        tokio::time::timeout(
-            task.network.upstream_timeout,
-            task.upstream.normal.request(fwd),
-        )
-        .await
+    let up = &task.upstream;
+    let sending = match (over.is_some(), upgrade) {
+        (true, false) => up.overridden.request(fwd),
+        (true, true) => up.overridden_h1.request(fwd),
+        (false, false) => up.normal.request(fwd),
+        (false, true) => up.normal_h1.request(fwd),
     };
+    let sent = tokio::time::timeout(task.network.upstream_timeout, sending).await;
     let mut resp = match sent {
         Err(_) => {
             return Err(Reject {
@@ -684,6 +682,7 @@ mod tests {
             port: if tls { 443 } else { 80 },
             tls,
             sni: sni.map(str::to_owned),
+            requests: AtomicU64::new(0),
         }
     }
 

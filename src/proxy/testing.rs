@@ -122,9 +122,14 @@ impl EchoUpstream {
 }
 
 async fn echo(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     tx: mpsc::UnboundedSender<Received>,
 ) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    // An upgrade request: answer 101 and echo the raw bytes that follow.
+    let upgrade = req
+        .headers()
+        .contains_key(hyper::header::UPGRADE)
+        .then(|| hyper::upgrade::on(&mut req));
     let method = req.method().to_string();
     let path = req
         .uri()
@@ -148,6 +153,25 @@ async fn echo(
         headers,
         body_len: body.len(),
     });
+    if let Some(on) = upgrade {
+        tokio::spawn(async move {
+            if let Ok(up) = on.await {
+                let (mut r, mut w) = tokio::io::split(TokioIo::new(up));
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+        resp.headers_mut().insert(
+            "connection",
+            hyper::header::HeaderValue::from_static("upgrade"),
+        );
+        resp.headers_mut().insert(
+            "upgrade",
+            hyper::header::HeaderValue::from_static("websocket"),
+        );
+        return Ok(resp);
+    }
     let json = format!(r#"{{"ok":true,"method":"{method}","len":{}}}"#, body.len());
     let mut resp = Response::new(Full::new(Bytes::from(json)));
     resp.headers_mut().insert(
