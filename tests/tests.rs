@@ -10,6 +10,7 @@ mod events;
 mod gateway;
 mod log;
 mod projections;
+mod proxy;
 mod sandbox;
 mod support;
 mod workspace;

@@ -56,6 +56,14 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(BenchCommand::Log { events, dir }) => super::bench::log(events, dir).await,
         Command::Bench(BenchCommand::LogRebuild { dir }) => super::bench::log_rebuild(&dir).await,
+        Command::Bench(BenchCommand::Proxy {
+            requests,
+            concurrency,
+            seconds,
+        }) => {
+            crate::proxy::bench::run(requests, concurrency, seconds).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(BenchCommand::Email { iterations, corpus }) => {
             super::bench::email(iterations, corpus).await
         }

@@ -187,6 +187,19 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 256)]
         parse_mb: usize,
     },
+    /// Egress proxy: added latency (keep-alive and new TLS connections) and
+    /// throughput through the proxy against the same local TLS upstream.
+    Proxy {
+        /// Sequential requests per latency figure.
+        #[arg(long, default_value_t = 2000)]
+        requests: usize,
+        /// Concurrent keep-alive connections for the throughput figure.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Seconds per throughput figure.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
     /// Internal: rebuild the projections of an existing bench store and
     /// report peak memory (run as a child of `bench log`).
     #[command(hide = true)]

@@ -20,6 +20,7 @@ pub use gateway::{ExecutionConfig, GitCredentials};
 
 pub mod email;
 mod gateway;
+pub mod network;
 mod raw;
 mod resolve;
 mod sandbox;
@@ -77,6 +78,8 @@ pub struct RepoConfig {
     pub email: Option<email::EmailConfig>,
     /// `resource_limits:` of the task containers.
     pub resource_limits: ResourceLimits,
+    /// `network:`: the network sandbox (see [`network`]).
+    pub network: network::NetworkConfig,
 }
 
 /// A config as loaded.

@@ -41,6 +41,7 @@ pub(crate) struct RawRepo {
     pub git: Option<super::gateway::RawGit>,
     pub email: Option<super::email::RawEmail>,
     pub resource_limits: Option<super::sandbox::RawResourceLimits>,
+    pub network: Option<super::network::RawNetwork>,
 }
 
 /// Parses the text. The error message carries the line and a snippet.
@@ -51,7 +52,7 @@ pub(crate) fn parse(text: &str) -> Result<RawConfig, String> {
 
 /// A YAML map read in document order with its keys' positions (a map type
 /// would need `Ord` keys and would lose the positions).
-fn pairs<'de, D, K, V>(d: D) -> Result<Vec<(K, V)>, D::Error>
+pub(crate) fn pairs<'de, D, K, V>(d: D) -> Result<Vec<(K, V)>, D::Error>
 where
     D: serde::Deserializer<'de>,
     K: Deserialize<'de>,

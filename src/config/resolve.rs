@@ -178,6 +178,14 @@ pub(crate) fn resolve(
 // === impl Resolver ===
 
 impl Resolver<'_> {
+    pub(crate) fn problem_at(&mut self, line: u64, key: &str, message: String) {
+        self.problems.push(Problem {
+            line: Some(line),
+            key: key.to_owned(),
+            message,
+        });
+    }
+
     pub(crate) fn problem(&mut self, at: &Scalar, key: &str, message: String) {
         self.problems.push(Problem {
             line: Some(at.referenced.line()),
@@ -319,6 +327,10 @@ impl Resolver<'_> {
             .and_then(|e| super::email::resolve(self, key, e, line));
         let resource_limits =
             super::sandbox::resolve_limits(self, key, repo.resource_limits.as_ref());
+        let network = match &repo.network {
+            Some(n) => super::network::resolve(self, &format!("{key}.network"), n),
+            None => super::network::NetworkConfig::default(),
+        };
         if self.problems.len() > before {
             return None;
         }
@@ -329,6 +341,7 @@ impl Resolver<'_> {
             git,
             email,
             resource_limits,
+            network,
         })
     }
 }
