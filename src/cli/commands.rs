@@ -42,6 +42,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let q = ExportQuery {
                 conversation,
                 since_us,
+                until_us: None,
                 format,
                 filter: ExportFilter::Network,
             };

@@ -16,8 +16,11 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
+mod dashboard_auth;
 mod raw;
 mod resolve;
+
+pub use dashboard_auth::DashboardAuth;
 #[cfg(test)]
 mod tests;
 
@@ -42,12 +45,14 @@ pub struct ServerConfig {
 /// `dashboard:`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DashboardConfig {
-    /// Address to bind (loopback only).
+    /// Address to bind (non-loopback only with `auth`).
     pub host: IpAddr,
     /// Port (0 = any free port; the runtime file says which).
     pub port: u16,
     /// Public URL of the dashboard, for links in replies.
     pub base_url: Option<String>,
+    /// How people authenticate; required for a non-loopback `host`.
+    pub auth: Option<DashboardAuth>,
 }
 
 /// `repos.<id>:`. Channel, sandbox and network sections are added by the
@@ -157,6 +162,7 @@ impl Default for ServerConfig {
                 host: IpAddr::V4(Ipv4Addr::LOCALHOST),
                 port: 5200,
                 base_url: None,
+                auth: None,
             },
             repos: BTreeMap::new(),
         }

@@ -237,6 +237,7 @@ catalogue! {
     TaskCoalesced(TaskCoalescedV1) = 301, ver 1, Durable, "task.coalesced";
     TaskStarted(TaskStartedV1) = 302, ver 1, Durable, "task.started";
     TaskCompleted(TaskCompletedV1) = 303, ver 1, Durable, "task.completed";
+    TaskStopRequested(TaskStopRequestedV1) = 320, ver 1, Durable, "task.stop_requested";
 
     ImageBuildStarted(ImageBuildStartedV1) = 400, ver 1, Buffered, "image.build_started";
     ImageBuildOutput(ImageBuildOutputV1) = 401, ver 1, Buffered, "image.build_output";

@@ -187,6 +187,11 @@ pub fn sample(ty: EventType) -> Event {
             web_fetches: 2,
             blocked_hosts: vec![s("pypi.org")],
         }),
+        EventType::TaskStopRequested => Event::TaskStopRequested(TaskStopRequestedV1 {
+            task,
+            requested_by: s("dashboard:alice@example.com"),
+            reason: s("stop button on the task page"),
+        }),
         EventType::ImageBuildStarted => Event::ImageBuildStarted(ImageBuildStartedV1 {
             repo,
             task: Some(task),
