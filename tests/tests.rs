@@ -2,6 +2,7 @@
 //! one area against real components.
 
 mod cli;
+mod dashboard;
 mod email;
 mod events;
 mod log;

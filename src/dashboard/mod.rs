@@ -36,6 +36,8 @@ pub mod json;
 pub mod pages;
 pub mod replay;
 pub mod security;
+#[doc(hidden)]
+pub mod seed;
 pub mod sse;
 mod stream;
 pub mod views;
