@@ -1324,3 +1324,6 @@ impl IntoResponse for PageError {
         message(self.status, "error", heading, &self.message, "/")
     }
 }
+
+#[cfg(test)]
+mod tests;
