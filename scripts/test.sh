@@ -6,6 +6,8 @@ cd "$repo_root"
 
 ensure_rust
 ensure_debs git ca-certificates
+# The dashboard's browser test drives Debian's Chromium over WebDriver.
+ensure_debs chromium chromium-driver
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

@@ -3,6 +3,7 @@
 
 mod cli;
 mod dashboard;
+mod dashboard_browser;
 mod email;
 mod events;
 mod log;

@@ -494,7 +494,7 @@ async fn actions_page(
     let task_str = task.map(|t| t.to_string()).unwrap_or_default();
     let live = ActionsLive {
         conv: conv.to_string(),
-        task_short: task_str.chars().take(8).collect(),
+        task_short: views::short_id(&task_str),
         task: task_str,
         groups,
     };
@@ -574,7 +574,7 @@ async fn task_network(
         conversation: Some(conv),
         ..Default::default()
     };
-    let short: String = task.to_string().chars().take(8).collect();
+    let short = views::short_id(&task.to_string());
     network_page(
         state,
         headers,
@@ -1027,7 +1027,7 @@ fn decision_name(d: &Decision) -> &'static str {
 
 fn net_row(r: &AuditRow) -> NetRow {
     let task = r.task.to_string();
-    let task_short = task.chars().take(8).collect();
+    let task_short = views::short_id(&task);
     let time = views::time(r.timestamp_us);
     match &r.entry {
         AuditEntry::Request {

@@ -162,7 +162,7 @@ impl TaskView {
         };
         TaskView {
             id: t.id.to_string(),
-            short_id: t.id.to_string().chars().take(8).collect(),
+            short_id: short_id(&t.id.to_string()),
             conversation: t.conversation.to_string(),
             repo: t.repo.0.clone(),
             title: title.to_owned(),
@@ -258,6 +258,13 @@ impl RepoView {
                 .collect(),
         }
     }
+}
+
+/// The last 8 characters of an id: uuid v7 ids begin with their
+/// timestamp, so ids made close together share their first characters.
+pub fn short_id(id: &str) -> String {
+    let n = id.chars().count();
+    id.chars().skip(n.saturating_sub(8)).collect()
 }
 
 /// Words for an outcome.

@@ -57,6 +57,10 @@
         schedule();
       }
     };
+    // Browsers allow few connections per host: never keep a stream open
+    // for a page that is hidden in the back-forward cache.
+    window.addEventListener("pagehide", function () { es.close(); });
+    window.addEventListener("pageshow", function (e) { if (e.persisted) location.reload(); });
   }
 
   function wire() {
