@@ -60,6 +60,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Email { iterations, corpus }) => {
             super::bench::email(iterations, corpus).await
         }
+        Command::Bench(BenchCommand::Dashboard {
+            events,
+            tasks,
+            iterations,
+            dir,
+        }) => super::bench_dashboard::dashboard(events, tasks, iterations, dir).await,
     }
 }
 

@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod access;
 mod bench;
+mod bench_dashboard;
 mod check;
 mod client;
 mod commands;
@@ -151,6 +152,23 @@ pub enum BenchCommand {
         /// Directory searched for .eml files [default: fixtures/email].
         #[arg(long)]
         corpus: Option<PathBuf>,
+    },
+    /// Dashboard: server time of the board, a conversation page and a
+    /// 10 000-row network view over a large log; 100 SSE clients
+    /// following 1 000 events/s with memory figures.
+    Dashboard {
+        /// Events in the log (about).
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Finished tasks (one conversation each).
+        #[arg(long, default_value_t = 10_000)]
+        tasks: u64,
+        /// Requests per page measured.
+        #[arg(long, default_value_t = 200)]
+        iterations: usize,
+        /// Scratch directory [default: a temporary directory].
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Internal: rebuild the projections of an existing bench store and
     /// report peak memory (run as a child of `bench log`).
