@@ -10,6 +10,8 @@ bash "$repo_root/scripts/ensure-dovecot.sh"
 # Podman, its API socket, the Debian base image and Claude Code for the
 # sandbox tests (idempotent).
 "$repo_root/scripts/ensure-podman.sh"
+# The dashboard's browser test drives Debian's Chromium over WebDriver.
+ensure_debs chromium chromium-driver
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

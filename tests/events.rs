@@ -178,6 +178,7 @@ const PINNED: &[(&str, u16, u16, Durability)] = &[
     ("task.started", 302, 1, Durability::Durable),
     ("task.completed", 303, 1, Durability::Durable),
     ("task.interrupted", 304, 1, Durability::Durable),
+    ("task.stop_requested", 320, 1, Durability::Durable),
     ("image.build_started", 400, 1, Durability::Buffered),
     ("image.build_output", 401, 1, Durability::Buffered),
     ("image.build_finished", 402, 1, Durability::Durable),

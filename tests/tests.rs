@@ -2,6 +2,8 @@
 //! one area against real components.
 
 mod cli;
+mod dashboard;
+mod dashboard_browser;
 mod email;
 mod email_imap;
 mod email_smtp;

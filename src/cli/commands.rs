@@ -42,6 +42,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let q = ExportQuery {
                 conversation,
                 since_us,
+                until_us: None,
                 format,
                 filter: ExportFilter::Network,
             };
@@ -90,6 +91,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             })
             .await
         }
+        Command::Bench(BenchCommand::Dashboard {
+            events,
+            tasks,
+            iterations,
+            dir,
+        }) => super::bench_dashboard::dashboard(events, tasks, iterations, dir).await,
     }
 }
 

@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod access;
 mod bench;
+mod bench_dashboard;
 mod check;
 mod client;
 mod commands;
@@ -158,6 +159,23 @@ pub enum BenchCommand {
         /// Messages per phase (new conversations, replies, burst).
         #[arg(long, default_value_t = 50)]
         messages: usize,
+        /// Scratch directory [default: a temporary directory].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Dashboard: server time of the board, a conversation page and a
+    /// 10 000-row network view over a large log; 100 SSE clients
+    /// following 1 000 events/s with memory figures.
+    Dashboard {
+        /// Events in the log (about).
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Finished tasks (one conversation each).
+        #[arg(long, default_value_t = 10_000)]
+        tasks: u64,
+        /// Requests per page measured.
+        #[arg(long, default_value_t = 200)]
+        iterations: usize,
         /// Scratch directory [default: a temporary directory].
         #[arg(long)]
         dir: Option<PathBuf>,

@@ -18,12 +18,15 @@ use std::path::{Path, PathBuf};
 
 pub use gateway::{ExecutionConfig, GitCredentials};
 
+mod dashboard_auth;
 pub mod email;
 mod gateway;
 pub mod network;
 mod raw;
 mod resolve;
 mod sandbox;
+
+pub use dashboard_auth::DashboardAuth;
 #[cfg(test)]
 mod tests;
 
@@ -54,12 +57,14 @@ pub struct ServerConfig {
 /// `dashboard:`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DashboardConfig {
-    /// Address to bind (loopback only).
+    /// Address to bind (non-loopback only with `auth`).
     pub host: IpAddr,
     /// Port (0 = any free port; the runtime file says which).
     pub port: u16,
     /// Public URL of the dashboard, for links in replies.
     pub base_url: Option<String>,
+    /// How people authenticate; required for a non-loopback `host`.
+    pub auth: Option<DashboardAuth>,
 }
 
 /// `repos.<id>:`. Channel, sandbox and network sections are added by the
@@ -177,6 +182,7 @@ impl Default for ServerConfig {
                 host: IpAddr::V4(Ipv4Addr::LOCALHOST),
                 port: 5200,
                 base_url: None,
+                auth: None,
             },
             repos: BTreeMap::new(),
             execution: ExecutionConfig::default(),

@@ -29,6 +29,7 @@ pub(crate) struct RawDashboard {
     pub host: Option<Scalar>,
     pub port: Option<Scalar>,
     pub base_url: Option<Scalar>,
+    pub auth: Option<super::dashboard_auth::RawDashboardAuth>,
 }
 
 /// `repos.<id>:`.

@@ -94,10 +94,14 @@ pub(crate) fn resolve(
 
     let mut dashboard = defaults.dashboard.clone();
     if let Some(d) = &raw.dashboard {
+        dashboard.auth = d
+            .auth
+            .as_ref()
+            .and_then(|a| super::dashboard_auth::resolve(&mut r, a));
         if let Some(s) = &d.host
             && let Some(v) = r.optional("dashboard.host", s)
         {
-            match parse_host(&v) {
+            match parse_host(&v, dashboard.auth.is_some()) {
                 Ok(ip) => dashboard.host = ip,
                 Err(msg) => r.problem(s, "dashboard.host", msg),
             }
@@ -374,19 +378,20 @@ fn check_repo_id(id: &str) -> Result<(), String> {
     }
 }
 
-fn parse_host(v: &str) -> Result<IpAddr, String> {
+fn parse_host(v: &str, has_auth: bool) -> Result<IpAddr, String> {
     let ip: IpAddr = if v == "localhost" {
         IpAddr::from([127, 0, 0, 1])
     } else {
         v.parse()
             .map_err(|_| format!("expected an IP address such as 127.0.0.1, found {v:?}"))?
     };
-    if ip.is_loopback() {
+    if ip.is_loopback() || has_auth {
         Ok(ip)
     } else {
         Err(format!(
-            "{v} is not a loopback address; airut has no authentication yet, so the API and dashboard \
-             listen on loopback only (use a reverse proxy or an SSH tunnel to reach them)"
+            "{v} is not a loopback address and dashboard.auth is not set: the dashboard and API \
+             listen beyond loopback only with authentication (set dashboard.auth.token or \
+             dashboard.auth.proxy_user_header, or use an SSH tunnel)"
         ))
     }
 }

@@ -239,6 +239,7 @@ catalogue! {
     TaskStarted(TaskStartedV1) = 302, ver 1, Durable, "task.started";
     TaskCompleted(TaskCompletedV1) = 303, ver 1, Durable, "task.completed";
     TaskInterrupted(TaskInterruptedV1) = 304, ver 1, Durable, "task.interrupted";
+    TaskStopRequested(TaskStopRequestedV1) = 320, ver 1, Durable, "task.stop_requested";
 
     ImageBuildStarted(ImageBuildStartedV1) = 400, ver 1, Buffered, "image.build_started";
     ImageBuildOutput(ImageBuildOutputV1) = 401, ver 1, Buffered, "image.build_output";

@@ -201,6 +201,11 @@ pub fn sample(ty: EventType) -> Event {
             rerun: true,
             reason: s("the server restarted while the task ran"),
         }),
+        EventType::TaskStopRequested => Event::TaskStopRequested(TaskStopRequestedV1 {
+            task,
+            requested_by: s("dashboard:alice@example.com"),
+            reason: s("stop button on the task page"),
+        }),
         EventType::ImageBuildStarted => Event::ImageBuildStarted(ImageBuildStartedV1 {
             repo,
             task: Some(task),

@@ -189,6 +189,17 @@ impl Event {
                     e.task, e.attempt
                 ),
             },
+            Event::TaskStopRequested(e) => {
+                let mut out = format!(
+                    "task {} stop requested by {}",
+                    e.task,
+                    text(&e.requested_by)
+                );
+                if !e.reason.is_empty() {
+                    let _ = write!(out, ": {}", text(&e.reason));
+                }
+                out
+            }
             Event::TaskCompleted(e) => {
                 let mut out = format!(
                     "task {} completed: {:?} in {}",
