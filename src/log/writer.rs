@@ -483,7 +483,8 @@ impl Writer {
         self.progress.send_modify(|p| p.poisoned = true);
     }
 
-    /// Final fsync, then marks the log closed and fails whatever is queued.
+    /// Final fsync, then marks the log closed and fails whatever is queued;
+    /// then flushes every memtable to tables (see `store::flush_memtables`).
     fn shutdown(&mut self) -> Result<(), AppendError> {
         let result = if !self.poisoned && self.persist(PersistMode::SyncAll) {
             Ok(())
@@ -502,6 +503,9 @@ impl Writer {
                 }
                 Request::Flush => {}
             }
+        }
+        if result.is_ok() {
+            super::store::flush_memtables(&self.store.db);
         }
         result
     }
