@@ -201,20 +201,27 @@ impl Store {
         }
     }
 
-    /// A stream's events from `from_version`, from one snapshot.
+    /// A stream's events from `from_version` up to its version now,
+    /// through a fresh snapshot every [`SEGMENT`] events.
     pub fn stream_iter(&self, stream: &StreamId, from_version: u64) -> StreamIter {
-        let snapshot = self.db.snapshot();
-        let start = codec::stream_key(stream, from_version.max(1));
-        let end = codec::stream_key(stream, u64::MAX);
-        let index = snapshot.range(&self.streams, start..=end);
-        StreamIter {
-            snapshot,
+        // A broken index entry shows up as an error while iterating.
+        let last = self
+            .stream_head(stream)
+            .map_or(u64::MAX, |head| head.map_or(0, |(version, _)| version));
+        let mut iter = StreamIter {
+            db: self.db.clone(),
+            snapshot: self.db.snapshot(),
             events: self.events.clone(),
-            index,
+            streams: self.streams.clone(),
+            index: None,
             stream: stream.clone(),
             expected: from_version.max(1),
+            last,
+            in_segment: 0,
             done: false,
-        }
+        };
+        iter.refresh();
+        iter
     }
 
     /// Current version of a stream (0 when it has none).
@@ -545,14 +552,33 @@ impl Iterator for RecordIter<'_> {
 
 // === impl StreamIter ===
 
-/// A stream's events through its index, from a snapshot.
+/// A stream's events through its index, up to the version it had when the
+/// iterator was made, through a fresh snapshot every [`SEGMENT`] events.
 pub(super) struct StreamIter {
+    db: Database,
     snapshot: fjall::Snapshot,
     events: Keyspace,
-    index: fjall::Iter,
+    streams: Keyspace,
+    index: Option<fjall::Iter>,
     stream: StreamId,
     expected: u64,
+    /// The last version to deliver.
+    last: u64,
+    /// Entries read through the current snapshot.
+    in_segment: u64,
     done: bool,
+}
+
+impl StreamIter {
+    /// A fresh snapshot and index range from the next expected version.
+    fn refresh(&mut self) {
+        self.snapshot = self.db.snapshot();
+        let start = codec::stream_key(&self.stream, self.expected);
+        let end = codec::stream_key(&self.stream, self.last);
+        self.index =
+            (self.expected <= self.last).then(|| self.snapshot.range(&self.streams, start..=end));
+        self.in_segment = 0;
+    }
 }
 
 impl Iterator for StreamIter {
@@ -562,7 +588,11 @@ impl Iterator for StreamIter {
         if self.done {
             return None;
         }
-        let guard = self.index.next()?;
+        if self.in_segment >= SEGMENT {
+            self.refresh();
+        }
+        self.in_segment += 1;
+        let guard = self.index.as_mut()?.next()?;
         let result = self.read_entry(guard);
         if result.is_err() {
             self.done = true;
