@@ -86,9 +86,13 @@ pub async fn log(
     };
     let run = |p: Phase| only.is_none_or(|o| o == p);
     println!(
-        "airut bench log: {events} events, stores in {}, {} cores",
+        "airut bench log: {events} events, stores in {}, {} cores, load average {} \
+         (rates need idle cores; µs CPU/event do not)",
         root.display(),
-        std::thread::available_parallelism().map_or(1, usize::from)
+        std::thread::available_parallelism().map_or(1, usize::from),
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|_| "unknown".to_owned())
     );
 
     // 1. Durable appends: 64 concurrent writers, one event each, group commit.
