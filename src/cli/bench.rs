@@ -1,10 +1,13 @@
 //! `airut bench log`: figures for the event log (not a test; prints numbers).
 //!
-//! In one run, on a scratch store: buffered append rate (concurrent
-//! single-event appends, and batches), durable append rate (concurrent
-//! appenders sharing fsyncs), replay decode rate, and projection rebuild
-//! time and peak RSS, each rebuild in a child process so its memory is its
-//! own, at two sizes (a tenth and the whole) to show memory stays flat.
+//! On a scratch store (or a kept one, `--keep DIR`), phase by phase
+//! (`--only PHASE` runs one): durable append rate (concurrent appenders
+//! sharing fsyncs), buffered append rates (concurrent single-event appends,
+//! and batches), replay decode rate, and projection rebuild time and peak
+//! RSS, each rebuild in a child process so its memory is its own, at half
+//! and at the whole size to show memory stays flat. Every phase prints its
+//! wall time and the CPU time the process spent (all threads), so a rate
+//! can be read as CPU per event too.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,23 +21,90 @@ use crate::events::*;
 use crate::log::{ExpectedVersion, Log, LogOptions, NewEvent, StreamAppend};
 use crate::projections::Projections;
 
+/// A phase of `airut bench log`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Phase {
+    /// Durable appends (fsync per group).
+    Durable,
+    /// Buffered appends: fills the main store.
+    Append,
+    /// Replay decode of the main store.
+    Replay,
+    /// Projection rebuild at half and whole size.
+    Rebuild,
+}
+
+/// Wall and CPU time since it started.
+struct Meter {
+    wall: Instant,
+    cpu: f64,
+}
+
+impl Meter {
+    fn start() -> Meter {
+        Meter {
+            wall: Instant::now(),
+            cpu: cpu_seconds(),
+        }
+    }
+
+    /// (wall seconds, CPU seconds).
+    fn read(&self) -> (f64, f64) {
+        (self.wall.elapsed().as_secs_f64(), cpu_seconds() - self.cpu)
+    }
+
+    /// "N events/s (n events in W s, C CPU-s, U µs CPU/event)".
+    fn rate(&self, n: u64) -> String {
+        let (wall, cpu) = self.read();
+        format!(
+            "{:>10.0} events/s ({n} events in {wall:.2} s; {cpu:.2} CPU-s, {:.2} µs CPU/event)",
+            n as f64 / wall,
+            cpu * 1e6 / n.max(1) as f64
+        )
+    }
+}
+
 /// Runs the log benchmark.
-pub async fn log(events: u64, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let scratch = tempfile::Builder::new()
-        .prefix("airut-bench-")
-        .tempdir_in(dir.as_deref().unwrap_or(&std::env::temp_dir()))?;
+pub async fn log(
+    events: u64,
+    dir: Option<PathBuf>,
+    only: Option<Phase>,
+    keep: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let scratch;
+    let root = match keep {
+        Some(keep) => {
+            std::fs::create_dir_all(&keep)?;
+            keep
+        }
+        None => {
+            scratch = tempfile::Builder::new()
+                .prefix("airut-bench-")
+                .tempdir_in(dir.as_deref().unwrap_or(&std::env::temp_dir()))?;
+            scratch.path().to_owned()
+        }
+    };
+    let run = |p: Phase| only.is_none_or(|o| o == p);
     println!(
-        "airut bench log: {events} events, store in {}",
-        scratch.path().display()
+        "airut bench log: {events} events, stores in {}, {} cores, load average {} \
+         (rates need idle cores; µs CPU/event do not)",
+        root.display(),
+        std::thread::available_parallelism().map_or(1, usize::from),
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|_| "unknown".to_owned())
     );
 
     // 1. Durable appends: 64 concurrent writers, one event each, group commit.
-    {
-        let store = scratch.path().join("durable");
+    if run(Phase::Durable) {
+        let store = root.join("durable");
+        if store.exists() {
+            std::fs::remove_dir_all(&store)?;
+        }
         let log = open(&store).await?;
         let writers = 64u64;
         let per_writer = 200u64;
-        let start = Instant::now();
+        let meter = Meter::start();
         let mut handles = Vec::new();
         for w in 0..writers {
             let log = log.clone();
@@ -50,77 +120,124 @@ pub async fn log(events: u64, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> 
         for h in handles {
             h.await??;
         }
-        let secs = start.elapsed().as_secs_f64();
-        let n = writers * per_writer;
         println!(
-            "durable append (64 concurrent writers, 1 event per append, fsync per group): {:>10.0} events/s ({n} events in {secs:.2} s)",
-            n as f64 / secs
+            "durable append (64 concurrent writers, 1 event per append, fsync per group): {}",
+            meter.rate(writers * per_writer)
         );
         log.close().await?;
     }
 
-    // 2. Buffered appends and the main store for replay and rebuild.
-    let store = scratch.path().join("main");
-    let log = open(&store).await?;
-    let tenth = events / 10;
-    let (single, batched, mixed) = fill(&log, events).await?;
-    println!(
-        "buffered append (64 concurrent writers, 1 event per append):  {single:>10.0} events/s"
-    );
-    println!(
-        "buffered append (8 writers, batches of 64 events per append): {batched:>10.0} events/s"
-    );
-    println!(
-        "whole conversations (2 durable + 2 buffered batches each):    {mixed:>10.0} events/s"
-    );
+    // 2. Buffered appends, filling the main store for replay and rebuild
+    // (a kept store that is already full is reused).
+    let store = root.join("main");
+    let half_dir = root.join("half");
+    let filled = Log::open(
+        &store,
+        LogOptions {
+            create: false,
+            ..LogOptions::default()
+        },
+    )
+    .ok()
+    .and_then(|log| log.head())
+    .is_some_and(|head| head.0 >= events);
+    if run(Phase::Append) || !filled && (run(Phase::Replay) || run(Phase::Rebuild)) {
+        if store.exists() {
+            std::fs::remove_dir_all(&store)?;
+        }
+        let log = open(&store).await?;
+        fill(&log, events).await?;
+        log.close().await?;
+    }
 
     // 3. Replay decode.
-    {
-        let log = log.clone();
-        let (n, bytes, secs) =
-            tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64, f64)> {
-                let start = Instant::now();
+    if run(Phase::Replay) {
+        let log = open(&store).await?;
+        let meter = Meter::start();
+        let counted = {
+            let log = log.clone();
+            tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64)> {
                 let (mut n, mut bytes) = (0u64, 0u64);
-                for rec in log.iter_from(Seq(0)) {
-                    let rec = rec?;
-                    bytes += rec.payload.len() as u64 + rec.core.len() as u64 + 64;
-                    std::hint::black_box(rec.decode()?);
+                let replay = log.replay(Seq(0), |rec| {
+                    let size = rec.payload.len() as u64 + rec.core.len() as u64 + 66;
+                    Ok((size, rec.decode()?))
+                });
+                for item in replay {
+                    let (size, event) = item?;
+                    std::hint::black_box(event);
+                    bytes += size;
                     n += 1;
                 }
-                Ok((n, bytes, start.elapsed().as_secs_f64()))
+                Ok((n, bytes))
             })
-            .await??;
+            .await??
+        };
+        let (n, bytes) = counted;
         println!(
-            "replay (read + validate + decode every event):               {:>10.0} events/s ({n} events, {:.0} MB in {secs:.2} s)",
-            n as f64 / secs,
+            "replay (read + validate + decode every event, parallel):    {} {:.0} MB",
+            meter.rate(n),
             bytes as f64 / 1e6
         );
+        let meter = Meter::start();
+        let n = {
+            let log = log.clone();
+            tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+                let mut n = 0u64;
+                for rec in log.iter_from(Seq(0)) {
+                    std::hint::black_box(rec?.decode()?);
+                    n += 1;
+                }
+                Ok(n)
+            })
+            .await??
+        };
+        println!(
+            "replay (the same, one thread: Log::iter_from):               {}",
+            meter.rate(n)
+        );
+        log.close().await?;
     }
-    log.close().await?;
 
-    // 4. Rebuild at a tenth (its own store, same mix) and at the whole size.
-    let tenth_dir = scratch.path().join("tenth");
-    write_tenth(&tenth_dir, tenth).await?;
-    for (label, dir) in [
-        (format!("{tenth}"), &tenth_dir),
-        (format!("{events}"), &store),
-    ] {
-        let out = tokio::process::Command::new(std::env::current_exe()?)
-            .args(["bench", "log-rebuild"])
-            .arg(dir)
-            .output()
-            .await
-            .context("running the rebuild child")?;
-        if !out.status.success() {
-            anyhow::bail!(
-                "rebuild child failed: {}",
-                String::from_utf8_lossy(&out.stderr)
+    // 4. Rebuild at half (its own store, same mix) and at the whole size.
+    if run(Phase::Rebuild) {
+        let half = events / 2;
+        let half_ready = Log::open(
+            &half_dir,
+            LogOptions {
+                create: false,
+                ..LogOptions::default()
+            },
+        )
+        .ok()
+        .and_then(|log| log.head())
+        .is_some_and(|head| head.0 >= half);
+        if !half_ready {
+            if half_dir.exists() {
+                std::fs::remove_dir_all(&half_dir)?;
+            }
+            write_conversations(&half_dir, half).await?;
+        }
+        for (label, dir) in [
+            (format!("{half}"), &half_dir),
+            (format!("{events}"), &store),
+        ] {
+            let out = tokio::process::Command::new(std::env::current_exe()?)
+                .args(["bench", "log-rebuild"])
+                .arg(dir)
+                .output()
+                .await
+                .context("running the rebuild child")?;
+            if !out.status.success() {
+                anyhow::bail!(
+                    "rebuild child failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            println!(
+                "projection rebuild of {label:>8} events: {}",
+                String::from_utf8_lossy(&out.stdout).trim()
             );
         }
-        println!(
-            "projection rebuild of {label:>8} events: {}",
-            String::from_utf8_lossy(&out.stdout).trim()
-        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -140,24 +257,40 @@ pub async fn email(iterations: usize, corpus: Option<PathBuf>) -> anyhow::Result
     Ok(ExitCode::SUCCESS)
 }
 
-/// Child: rebuild the projections of a store and print time and peak RSS.
+/// Child: rebuild the projections of a store and print time, CPU and peak
+/// RSS (`airut bench log-rebuild DIR`; also usable on its own on a kept
+/// store).
 pub async fn log_rebuild(dir: &Path) -> anyhow::Result<ExitCode> {
-    let log = open(dir).await?;
+    let log = {
+        let dir = dir.to_owned();
+        tokio::task::spawn_blocking(move || {
+            Log::open(
+                &dir,
+                LogOptions {
+                    create: false,
+                    ..LogOptions::default()
+                },
+            )
+        })
+        .await??
+    };
     let rss_before = peak_rss_kib();
     let projections = {
         let log = log.clone();
         tokio::task::spawn_blocking(move || Projections::open(&log)).await??
     };
-    let start = Instant::now();
+    let meter = Meter::start();
     let report = {
         let log = log.clone();
         let p = projections.clone();
         tokio::task::spawn_blocking(move || p.rebuild_command(&log, false)).await??
     };
-    let secs = start.elapsed().as_secs_f64();
+    let (secs, cpu) = meter.read();
     let peak = peak_rss_kib();
+    let n = log.head().map_or(0, |h| h.0 + 1);
     println!(
-        "{secs:.2} s, peak RSS {:.1} MiB (after opening: {:.1} MiB){}",
+        "{secs:.2} s ({:.0} events/s; {cpu:.2} CPU-s), peak RSS {:.1} MiB (after opening: {:.1} MiB){}",
+        n as f64 / secs,
         peak as f64 / 1024.0,
         rss_before as f64 / 1024.0,
         if report.ok() {
@@ -166,6 +299,7 @@ pub async fn log_rebuild(dir: &Path) -> anyhow::Result<ExitCode> {
             " — REBUILD REPORTED A PROBLEM"
         }
     );
+    drop(projections);
     log.close().await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -186,13 +320,14 @@ fn one(stream: StreamId, event: Event) -> StreamAppend {
     }
 }
 
-/// Writes `total` events. Returns the rates of buffered single-event
-/// appends, buffered batches, and whole conversations (mixed durability).
-async fn fill(log: &Log, total: u64) -> anyhow::Result<(f64, f64, f64)> {
-    // Single-event appends of buffered events from 64 writers: 100k events.
-    let single_n = 100_000u64.min(total / 2);
+/// Writes `total` events, printing the rate of each kind of append:
+/// buffered single-event appends, buffered batches, and whole conversations
+/// (mixed durability) for the rest.
+async fn fill(log: &Log, total: u64) -> anyhow::Result<()> {
+    // Single-event appends of buffered events from 64 writers: 200k events.
+    let single_n = 200_000u64.min(total / 2);
     let counter = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
+    let meter = Meter::start();
     let mut handles = Vec::new();
     for w in 0..64u32 {
         let log = log.clone();
@@ -211,13 +346,16 @@ async fn fill(log: &Log, total: u64) -> anyhow::Result<(f64, f64, f64)> {
     for h in handles {
         h.await??;
     }
-    let single = single_n as f64 / start.elapsed().as_secs_f64();
+    println!(
+        "buffered append (64 concurrent writers, 1 event per append):  {}",
+        meter.rate(single_n)
+    );
 
     // Buffered events only (a running task's output and requests), in
     // batches of 64 from 8 concurrent writers.
-    let batched_n = 200_000u64.min(total / 4);
+    let batched_n = 200_000u64.min(total / 4).div_ceil(64) * 64;
     let counter = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
+    let meter = Meter::start();
     let mut handles = Vec::new();
     for w in 0..8u32 {
         let log = log.clone();
@@ -245,27 +383,53 @@ async fn fill(log: &Log, total: u64) -> anyhow::Result<(f64, f64, f64)> {
     for h in handles {
         h.await??;
     }
-    let batched = counter.load(Ordering::Relaxed).min(batched_n + 8 * 64) as f64
-        / start.elapsed().as_secs_f64();
+    println!(
+        "buffered append (8 writers, batches of 64 events per append): {}",
+        meter.rate(batched_n)
+    );
 
     // The rest: whole conversations as a server writes them (durable
-    // lifecycle batches around buffered output), for replay and rebuild.
+    // lifecycle batches around buffered output), for replay and rebuild;
+    // 16 conversations at a time.
     let mut written = single_n + batched_n;
-    let start = Instant::now();
+    let meter = Meter::start();
     let mixed_start = written;
-    let mut conv_no = 0u32;
-    while written < total {
-        for batch in conversation_batches(ConversationId(conv_no)) {
-            written += batch.events.len() as u64;
-            log.append(batch).await?;
-        }
-        conv_no += 1;
+    let next_conv = Arc::new(AtomicU64::new(0));
+    let claimed = Arc::new(AtomicU64::new(written));
+    let mut handles = Vec::new();
+    for _ in 0..16 {
+        let log = log.clone();
+        let next_conv = next_conv.clone();
+        let claimed = claimed.clone();
+        handles.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            loop {
+                let conv = ConversationId(next_conv.fetch_add(1, Ordering::Relaxed) as u32);
+                let batches = conversation_batches(conv);
+                let count: u64 = batches.iter().map(|b| b.events.len() as u64).sum();
+                if claimed.fetch_add(count, Ordering::Relaxed) >= total {
+                    break;
+                }
+                for batch in batches {
+                    log.append(batch).await?;
+                }
+                n += count;
+            }
+            anyhow::Ok(n)
+        }));
     }
-    let mixed = (written - mixed_start) as f64 / start.elapsed().as_secs_f64();
-    Ok((single, batched, mixed))
+    for h in handles {
+        written += h.await??;
+    }
+    println!(
+        "whole conversations (16 at a time; 2 durable + 2 buffered batches each): {}",
+        meter.rate(written - mixed_start)
+    );
+    Ok(())
 }
 
-async fn write_tenth(dir: &Path, n: u64) -> anyhow::Result<()> {
+/// Creates a store at `dir` holding about `n` events of whole conversations.
+async fn write_conversations(dir: &Path, n: u64) -> anyhow::Result<()> {
     let log = open(dir).await?;
     let mut written = 0u64;
     let mut conv_no = 0u32;
@@ -429,6 +593,19 @@ fn proxy_request(task: TaskId, i: u64) -> Event {
         upstream_override: None,
         notes: vec![],
     })
+}
+
+/// CPU time (user + system) of this process, all threads, in seconds.
+#[allow(unsafe_code)]
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes into the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 /// Peak resident set size of this process (VmHWM), KiB.

@@ -55,7 +55,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let ctx = access::load_context(&cli.global)?;
             rebuild(&ctx, verify).await
         }
-        Command::Bench(BenchCommand::Log { events, dir }) => super::bench::log(events, dir).await,
+        Command::Bench(BenchCommand::Log {
+            events,
+            dir,
+            only,
+            keep,
+        }) => super::bench::log(events, dir, only, keep).await,
         Command::Bench(BenchCommand::LogRebuild { dir }) => super::bench::log_rebuild(&dir).await,
         Command::Bench(BenchCommand::Proxy {
             requests,

@@ -142,6 +142,14 @@ pub enum BenchCommand {
         /// Scratch directory [default: a temporary directory].
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Run only this phase (replay and rebuild fill the store first
+        /// unless a kept one is full).
+        #[arg(long, value_enum)]
+        only: Option<bench::Phase>,
+        /// Keep the stores in DIR (reusing a full one) instead of a
+        /// temporary directory.
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
     },
     /// Email intake: parse + authenticate + quote-strip over a corpus of
     /// .eml files (the test fixtures by default).

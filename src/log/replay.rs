@@ -7,8 +7,9 @@
 //! whole long read pins every memtable written meanwhile, so memory would
 //! grow with the log), decode every record and apply the caller's `map`. The
 //! iterator hands results out in seq order and keeps at most [`AHEAD`]
-//! segments per worker in flight, so memory is bounded by a few segments
-//! whatever the length of the log.
+//! segments per worker in flight, each handed over in chunks of a few
+//! hundred events of which at most a few wait, so memory is bounded by a few
+//! chunks per segment in flight whatever the length of the log.
 //!
 //! Same contract as `Log::iter_from`: one item per seq; a hole or a storage
 //! error is an error naming the seq and ends the replay; a record that does
@@ -25,14 +26,22 @@ use crate::events::Seq;
 
 /// Events per segment (one snapshot, one unit of work).
 pub const SEGMENT: u64 = 8192;
+/// Events per message from a worker: small enough that no buffer is large
+/// (big allocations go back to the OS and fault in again), large enough
+/// that the hand-over costs nothing per event.
+const CHUNK: usize = 512;
+/// Chunks a worker may have waiting for the consumer per segment.
+const CHUNKS_AHEAD: usize = 4;
 /// Segments in flight per worker.
 const AHEAD: usize = 2;
 /// Most worker threads a replay starts.
 const MAX_WORKERS: usize = 4;
 
-/// The mapped events of one segment, and whether the replay ends with it.
+/// Mapped events of one segment, in order: whether the segment is done
+/// with them, and whether the replay ends with them.
 struct Done<T> {
     items: Vec<Result<T, ReadError>>,
+    segment_done: bool,
     last: bool,
 }
 
@@ -117,24 +126,34 @@ where
             queue.recv()
         };
         let Ok(job) = job else { return };
-        let done = read_segment(store, job.start, job.end, map);
-        if job.reply.send(done).is_err() {
+        if !read_segment(store, job.start, job.end, map, &job.reply) {
             // The replay was dropped.
             return;
         }
     }
 }
 
-/// Reads `[start, end)` through a fresh snapshot: one item per seq until a
-/// hole or storage error, which ends the replay.
+/// Reads `[start, end)` through a fresh snapshot and sends it in chunks: one
+/// item per seq until a hole or storage error, which ends the replay. False
+/// when the replay was dropped.
 fn read_segment<T>(
     store: &Store,
     start: u64,
     end: u64,
     map: &impl Fn(Record) -> Result<T, ReadError>,
-) -> Done<T> {
-    let capacity = usize::try_from(end - start).unwrap_or(0);
-    let mut items = Vec::with_capacity(capacity);
+    reply: &SyncSender<Done<T>>,
+) -> bool {
+    let new_chunk = || Vec::with_capacity(CHUNK);
+    let mut items = new_chunk();
+    let finish = |items: Vec<_>, last: bool| {
+        reply
+            .send(Done {
+                items,
+                segment_done: true,
+                last,
+            })
+            .is_ok()
+    };
     let snapshot = store.db.snapshot();
     let range = fjall::Readable::range(
         &snapshot,
@@ -148,7 +167,7 @@ fn read_segment<T>(
             Ok(kv) => kv,
             Err(e) => {
                 items.push(Err(ReadError::Storage(e.to_string())));
-                return Done { items, last: true };
+                return finish(items, true);
             }
         };
         match codec::parse_seq(&key) {
@@ -158,27 +177,38 @@ fn read_segment<T>(
                     seq: at,
                     reason: format!("missing (the next stored event is {seq})"),
                 }));
-                return Done { items, last: true };
+                return finish(items, true);
             }
             None => {
                 items.push(Err(ReadError::Corrupt {
                     seq: at,
                     reason: format!("malformed key {key:?}"),
                 }));
-                return Done { items, last: true };
+                return finish(items, true);
             }
         }
         items.push(codec::decode_record(at, &value).and_then(map));
         expected += 1;
+        if items.len() == CHUNK && expected < end {
+            let chunk = std::mem::replace(&mut items, new_chunk());
+            let sent = reply.send(Done {
+                items: chunk,
+                segment_done: false,
+                last: false,
+            });
+            if sent.is_err() {
+                return false;
+            }
+        }
     }
     if expected < end {
         items.push(Err(ReadError::Corrupt {
             seq: Seq(expected),
             reason: "missing below the written head".to_owned(),
         }));
-        return Done { items, last: true };
+        return finish(items, true);
     }
-    Done { items, last: false }
+    finish(items, false)
 }
 
 // === impl Replay ===
@@ -192,7 +222,7 @@ impl<T> Replay<T> {
         }
         let start = self.next_start;
         let end = self.end.min(start.saturating_add(SEGMENT));
-        let (reply, rx) = sync_channel(1);
+        let (reply, rx) = sync_channel(CHUNKS_AHEAD);
         if jobs.send(Job { start, end, reply }).is_ok() {
             self.pending.push_back(rx);
             self.next_start = end;
@@ -211,7 +241,7 @@ impl<T> Iterator for Replay<T> {
             if self.ended {
                 return None;
             }
-            let Some(rx) = self.pending.pop_front() else {
+            let Some(rx) = self.pending.front() else {
                 self.ended = true;
                 return None;
             };
@@ -220,7 +250,8 @@ impl<T> Iterator for Replay<T> {
                     self.current = done.items.into_iter();
                     if done.last {
                         self.end_now();
-                    } else {
+                    } else if done.segment_done {
+                        self.pending.pop_front();
                         self.submit();
                     }
                 }

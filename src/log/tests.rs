@@ -580,3 +580,108 @@ async fn an_older_layout_without_a_migration_path_is_refused_and_left_alone() {
         "{err}"
     );
 }
+
+// === long reads ===
+
+/// Appends `n` buffered events in batches of 500, alternating two streams.
+async fn fill(log: &Log, n: usize) {
+    for b in 0..n.div_ceil(500) {
+        let count = 500.min(n - b * 500);
+        let events = (0..count)
+            .map(|i| buffered(&format!("h{i}.example")))
+            .collect();
+        log.append(batch(conv(b as u32 % 2), ExpectedVersion::Any, events))
+            .await
+            .unwrap();
+    }
+}
+
+fn seqs(items: impl Iterator<Item = Result<Record, ReadError>>) -> Vec<u64> {
+    items.map(|r| r.unwrap().header.seq.0).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_iter_from_and_stream_iter_cross_segments_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), opts()).unwrap();
+    let n = 2 * replay::SEGMENT as usize + 1500;
+    fill(&log, n).await;
+    let head = log.head().unwrap().0;
+    assert_eq!(head, n as u64);
+    let reader = log.clone();
+    tokio::task::spawn_blocking(move || {
+        let log = reader;
+        let all: Vec<u64> = (0..=head).collect();
+        assert_eq!(seqs(log.iter_from(Seq(0))), all);
+        assert_eq!(seqs(log.replay(Seq(0), Ok)), all);
+        for from in [1, replay::SEGMENT - 1, replay::SEGMENT, head] {
+            let expected: Vec<u64> = (from..=head).collect();
+            assert_eq!(seqs(log.replay(Seq(from), Ok)), expected, "from {from}");
+            assert_eq!(seqs(log.iter_from(Seq(from))), expected, "from {from}");
+        }
+        assert_eq!(log.replay(Seq(head + 1), Ok).count(), 0);
+        // `map` runs on the replay threads; its errors come back in place.
+        let mapped: Vec<_> = log
+            .replay(Seq(0), |r| {
+                if r.header.seq == Seq(5) {
+                    Err(ReadError::Storage("refused".to_owned()))
+                } else {
+                    r.decode().map(|_| r.header.seq)
+                }
+            })
+            .collect();
+        assert_eq!(mapped.len(), all.len());
+        assert!(matches!(mapped[5], Err(ReadError::Storage(_))));
+        assert_eq!(mapped[6].as_ref().unwrap(), &Seq(6));
+
+        // One stream, longer than a segment, version by version.
+        let versions: Vec<u64> = log
+            .stream_iter(&conv(0), 1)
+            .map(|r| r.unwrap().header.stream_version)
+            .collect();
+        assert_eq!(versions, (1..=versions.len() as u64).collect::<Vec<_>>());
+        assert!(versions.len() > replay::SEGMENT as usize);
+        assert_eq!(log.verify().unwrap().events, head + 1);
+    })
+    .await
+    .unwrap();
+    log.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_reports_a_corrupt_value_in_place_and_a_hole_by_its_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), opts()).unwrap();
+    let n = replay::SEGMENT as usize + 1000;
+    fill(&log, n).await;
+    overwrite(&log, 100, |v| v.truncate(40));
+    let hole = replay::SEGMENT + 10;
+    log.database()
+        .keyspace("events", KeyspaceCreateOptions::default)
+        .unwrap()
+        .remove(hole.to_be_bytes())
+        .unwrap();
+    let reader = log.clone();
+    tokio::task::spawn_blocking(move || {
+        for items in [
+            reader.replay(Seq(0), Ok).collect::<Vec<_>>(),
+            reader.iter_from(Seq(0)).collect::<Vec<_>>(),
+        ] {
+            // Everything before the hole, then the hole, then nothing.
+            assert_eq!(items.len() as u64, hole + 1);
+            assert!(matches!(
+                items[100],
+                Err(ReadError::Corrupt { seq: Seq(100), .. })
+            ));
+            assert!(items[101].is_ok());
+            match &items[hole as usize] {
+                Err(ReadError::Corrupt { seq, .. }) => assert_eq!(*seq, Seq(hole)),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(reader.verify().unwrap().failure.unwrap().seq, Seq(100));
+    })
+    .await
+    .unwrap();
+    log.close().await.unwrap();
+}

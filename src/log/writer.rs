@@ -167,7 +167,8 @@ struct Staged {
 /// A request's writes, built before anything touches the group's batch.
 struct Stage {
     items: Vec<(Seq, Vec<u8>, Vec<u8>)>,
-    heads: HashMap<StreamId, StreamHead>,
+    /// New heads of the request's streams (usually one: a Vec beats a map).
+    heads: Vec<(StreamId, StreamHead)>,
     appended: Vec<Appended>,
     durability: Durability,
     next_seq: u64,
@@ -350,7 +351,7 @@ impl Writer {
     fn stage(&mut self, append: Prepared, now: i64) -> Result<Stage, AppendError> {
         let mut stage = Stage {
             items: Vec::with_capacity(append.events),
-            heads: HashMap::new(),
+            heads: Vec::with_capacity(append.streams.len()),
             appended: Vec::with_capacity(append.streams.len()),
             durability: append.durability,
             next_seq: self.next_seq,
@@ -358,8 +359,9 @@ impl Writer {
             last_ts: self.last_ts.max(now),
         };
         for batch in append.streams {
-            let mut head = match stage.heads.get(&batch.stream) {
-                Some(head) => *head,
+            let staged = stage.heads.iter().rev().find(|(s, _)| *s == batch.stream);
+            let mut head = match staged {
+                Some((_, head)) => *head,
                 None => self.stream_head(&batch.stream)?,
             };
             let ok = match batch.expected {
@@ -400,7 +402,7 @@ impl Writer {
                 ids.push(event_id);
                 stage.next_seq += 1;
             }
-            stage.heads.insert(batch.stream, head);
+            stage.heads.push((batch.stream, head));
             stage.appended.push(Appended {
                 first,
                 last: Seq(stage.next_seq - 1),
@@ -483,7 +485,8 @@ impl Writer {
         self.progress.send_modify(|p| p.poisoned = true);
     }
 
-    /// Final fsync, then marks the log closed and fails whatever is queued.
+    /// Final fsync, then marks the log closed and fails whatever is queued;
+    /// then flushes every memtable to tables (see `store::flush_memtables`).
     fn shutdown(&mut self) -> Result<(), AppendError> {
         let result = if !self.poisoned && self.persist(PersistMode::SyncAll) {
             Ok(())
@@ -502,6 +505,9 @@ impl Writer {
                 }
                 Request::Flush => {}
             }
+        }
+        if result.is_ok() {
+            super::store::flush_memtables(&self.store.db);
         }
         result
     }

@@ -144,7 +144,7 @@ impl EventSource for Log {
         &self,
         from: Seq,
     ) -> Box<dyn Iterator<Item = Result<(Header, Event), ReadError>> + '_> {
-        Box::new(self.iter_from(from).map(|r| r.and_then(decode_record)))
+        Box::new(self.replay(from, decode_record))
     }
 }
 

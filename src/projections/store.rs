@@ -13,8 +13,9 @@ use std::collections::HashMap;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, Readable, Snapshot};
 
-/// Memtable size of each projection keyspace.
-const PROJECTION_MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
+/// Memtable size of each projection keyspace (there are a dozen; each may
+/// also hold a few sealed memtables while they flush).
+const PROJECTION_MEMTABLE_BYTES: u64 = 2 * 1024 * 1024;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::events::Seq;
