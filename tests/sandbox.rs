@@ -863,3 +863,72 @@ async fn recovery_stops_containers_of_running_tasks_and_removes_unknown_ones() {
     }
     assert!(!report.interrupted.iter().any(|(t, _)| *t == tasks[1]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn airut_replay_tells_the_story_of_a_run() {
+    let body = r#"echo '{"type":"system","subtype":"init","session_id":"sess-r"}'
+echo 'some words'
+echo '{"type":"result","subtype":"success","result":"ok","session_id":"sess-r"}'"#;
+    let (c, log, result, _) = run_fake(body, "", |_| {}).await;
+    assert_eq!(result.outcome, Outcome::Success);
+    log.close().await.unwrap();
+    let conv = c.stream.conversation().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_airut"))
+        .arg("--config")
+        .arg(c.root.join("airut.yaml"))
+        .arg("--state-dir")
+        .arg(&c.root)
+        .args(["replay", &conv.to_string()])
+        .env("AIRUT_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "created for task",
+        "started for task",
+        "[init]",
+        "[text] some words",
+        "[result]",
+        "exited with code 0",
+    ] {
+        assert!(text.contains(needle), "{needle:?} not in:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_removes_airut_images_older_than_the_max_age() {
+    let c = conv();
+    let log = open_log(&c.root);
+    let engine = engine().await;
+    let _ = image(&engine, &log, &busybox_spec()).await;
+    // Its own kind, so that pruning leaves the images of other tests alone.
+    let spec = ImageSpec {
+        kind: "prunetest".to_owned(),
+        dockerfile: format!(
+            "FROM {}\nRUN echo {} > /stamp\n",
+            image_name_of_busybox(),
+            uuid::Uuid::now_v7()
+        )
+        .into_bytes(),
+        context: BTreeMap::new(),
+    };
+    let cache = ImageCache::new(engine.clone(), log.clone(), Duration::from_secs(1));
+    let tag = cache.ensure(&spec, false, &for_(&c.stream)).await.unwrap();
+    // Image creation times have a resolution of a second.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let removed = cache.prune_kind(Some("prunetest")).await.unwrap();
+    assert!(removed >= 1);
+    let evs = events(&log, &StreamId::server());
+    assert!(
+        evs.iter()
+            .any(|e| matches!(e, Event::ImagePruned(p) if p.tag.ends_with(&tag))),
+        "{evs:#?}"
+    );
+    let exists = engine.docker().inspect_image(&tag).await;
+    assert!(exists.is_err(), "{tag} still exists");
+}
