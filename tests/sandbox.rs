@@ -113,6 +113,7 @@ fn open_log(dir: &Path) -> Log {
         LogOptions {
             flush_interval: Duration::from_millis(20),
             create: true,
+            ..LogOptions::default()
         },
     )
     .expect("open log")
@@ -451,24 +452,47 @@ async fn stop_sends_sigterm_to_the_agent_through_the_init() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relay_seam_fails_closed_until_the_relay_exists() {
+async fn relay_mode_has_only_loopback_and_relays_443_to_the_task_socket() {
+    use std::io::Read;
     let c = conv();
     let sock = c.root.join("proxy.sock");
-    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-    let (_c2, _log, result, evs) = run_fake("echo should-not-run", "", |r| {
-        r.network = NetworkMode::Relay {
-            socket: sock.clone(),
-        };
-    })
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    // The host side of the task socket: keep what the relay sends.
+    let received = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        listener.set_nonblocking(false).unwrap();
+        for stream in listener.incoming().take(4) {
+            let mut s = stream.unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf);
+            let done = buf.windows(5).any(|w| w == b"hello");
+            all.push(buf);
+            if done {
+                break;
+            }
+        }
+        all
+    });
+    let (_c2, _log, result, evs) = run_fake(
+        "ls /sys/class/net; echo hello | nc -w 3 127.0.0.1 443; echo sent",
+        "",
+        |r| {
+            r.network = NetworkMode::Relay {
+                socket: sock.clone(),
+            };
+        },
+    )
     .await;
-    assert_eq!(result.outcome, Outcome::ContainerFailed);
-    assert_eq!(result.exit_code, Some(125));
-    assert!(output_lines(&evs, OutputStream::Stdout).is_empty());
-    let err = output_lines(&evs, OutputStream::Stderr);
-    assert!(
-        err.iter().any(|(_, t)| t.contains("network relay")),
-        "{err:?}"
-    );
+    let out = output_lines(&evs, OutputStream::Stdout);
+    assert_eq!(result.outcome, Outcome::Success, "{out:?} {:?}", output_lines(&evs, OutputStream::Stderr));
+    assert_eq!(out[0].1, "lo", "the container has loopback only: {out:?}");
+    let got = received.join().unwrap();
+    let relayed = got
+        .iter()
+        .find(|b| b.windows(5).any(|w| w == b"hello"))
+        .expect("the bytes reached the task socket");
+    assert!(relayed.starts_with(b"\r\n\r\n\0\r\nQUIT\n"), "a PROXY v2 header comes first");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -61,6 +61,9 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         check_engine(&mut r, &ctx.loaded.config.sandbox, needed).await;
     }
     check_git(&mut r).await;
+    if let Some(ctx) = &ctx {
+        check_remotes(&mut r, &ctx.loaded.config).await;
+    }
     if r.failures == 0 {
         println!("all checks passed");
         Ok(ExitCode::SUCCESS)
@@ -169,5 +172,39 @@ async fn check_git(r: &mut Report) {
             format!("not found ({e}); install git (Debian: apt-get install git)"),
         ),
         Err(_) => r.fail("git", "`git --version` did not answer within 10 s"),
+    }
+}
+
+/// Each repo's remote answers `ls-remote` with the server's credentials.
+async fn check_remotes(r: &mut Report, cfg: &crate::config::ServerConfig) {
+    let Ok(scratch) = tempfile::tempdir() else {
+        r.warn(
+            "repos",
+            "no temporary directory for the git askpass helper; skipped",
+        );
+        return;
+    };
+    for (id, repo) in &cfg.repos {
+        let what = format!("repo {id}");
+        match crate::workspace::probe_remote(
+            &repo.repo_url,
+            repo.git.clone(),
+            cfg.execution.git_timeout,
+            scratch.path(),
+        )
+        .await
+        {
+            Ok(branch) => r.ok(
+                &what,
+                format!("{} (default branch {branch})", repo.repo_url),
+            ),
+            Err(e) => r.fail(
+                &what,
+                format!(
+                    "{}: {e}; check repos.{id}.repo_url, repos.{id}.git and the network",
+                    repo.repo_url
+                ),
+            ),
+        }
     }
 }

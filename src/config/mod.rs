@@ -16,9 +16,17 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
+pub use gateway::{ExecutionConfig, GitCredentials};
+
+mod dashboard_auth;
+pub mod email;
+mod gateway;
+pub mod network;
 mod raw;
 mod resolve;
 mod sandbox;
+
+pub use dashboard_auth::DashboardAuth;
 #[cfg(test)]
 mod tests;
 
@@ -40,6 +48,8 @@ pub struct ServerConfig {
     pub dashboard: DashboardConfig,
     /// Repositories by id.
     pub repos: BTreeMap<String, RepoConfig>,
+    /// `execution:` (gateway concurrency, shutdown, expiry, git timeout).
+    pub execution: ExecutionConfig,
     /// `sandbox:`: container engine, Claude Code binary, image cache.
     pub sandbox: SandboxConfig,
 }
@@ -47,17 +57,19 @@ pub struct ServerConfig {
 /// `dashboard:`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DashboardConfig {
-    /// Address to bind (loopback only).
+    /// Address to bind (non-loopback only with `auth`).
     pub host: IpAddr,
     /// Port (0 = any free port; the runtime file says which).
     pub port: u16,
     /// Public URL of the dashboard, for links in replies.
     pub base_url: Option<String>,
+    /// How people authenticate; required for a non-loopback `host`.
+    pub auth: Option<DashboardAuth>,
 }
 
 /// `repos.<id>:`. Channel, sandbox and network sections are added by the
 /// issues that use them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RepoConfig {
     /// The git remote the agent works on.
     pub repo_url: String,
@@ -65,8 +77,14 @@ pub struct RepoConfig {
     pub model: String,
     /// Default effort (`low`, `medium`, `high`, `max`).
     pub effort: Option<String>,
+    /// `git:`: the server's credentials for the remote, if it needs any.
+    pub git: Option<GitCredentials>,
+    /// The email channel (`repos.<id>.email`), if configured.
+    pub email: Option<email::EmailConfig>,
     /// `resource_limits:` of the task containers.
     pub resource_limits: ResourceLimits,
+    /// `network:`: the network sandbox (see [`network`]).
+    pub network: network::NetworkConfig,
 }
 
 /// A config as loaded.
@@ -164,8 +182,10 @@ impl Default for ServerConfig {
                 host: IpAddr::V4(Ipv4Addr::LOCALHOST),
                 port: 5200,
                 base_url: None,
+                auth: None,
             },
             repos: BTreeMap::new(),
+            execution: ExecutionConfig::default(),
             sandbox: SandboxConfig::default(),
         }
     }

@@ -228,6 +228,7 @@ catalogue! {
 
     MessageReceived(MessageReceivedV1) = 100, ver 1, Durable, "message.received";
     MessageRejected(MessageRejectedV1) = 101, ver 1, Durable, "message.rejected";
+    MessageDismissed(MessageDismissedV1) = 102, ver 1, Durable, "message.dismissed";
 
     ConversationStarted(ConversationStartedV1) = 200, ver 1, Durable, "conversation.started";
     ConversationResumed(ConversationResumedV1) = 201, ver 1, Durable, "conversation.resumed";
@@ -237,6 +238,8 @@ catalogue! {
     TaskCoalesced(TaskCoalescedV1) = 301, ver 1, Durable, "task.coalesced";
     TaskStarted(TaskStartedV1) = 302, ver 1, Durable, "task.started";
     TaskCompleted(TaskCompletedV1) = 303, ver 1, Durable, "task.completed";
+    TaskInterrupted(TaskInterruptedV1) = 304, ver 1, Durable, "task.interrupted";
+    TaskStopRequested(TaskStopRequestedV1) = 320, ver 1, Durable, "task.stop_requested";
 
     ImageBuildStarted(ImageBuildStartedV1) = 400, ver 1, Buffered, "image.build_started";
     ImageBuildOutput(ImageBuildOutputV1) = 401, ver 1, Buffered, "image.build_output";
@@ -256,6 +259,7 @@ catalogue! {
 
     ReplySent(ReplySentV1) = 700, ver 1, Durable, "reply.sent";
     ReplyFailed(ReplyFailedV1) = 701, ver 1, Durable, "reply.failed";
+    ReplyStarted(ReplyStartedV1) = 710, ver 1, Durable, "reply.started";
 }
 
 /// The alignment rkyv payloads are decoded at (that of `AlignedVec`).

@@ -129,6 +129,14 @@ pub fn sample(ty: EventType) -> Event {
             detail: s("DMARC fail for example.net (p=reject)"),
             raw: Some(blob(0x33, 3_051)),
         }),
+        EventType::MessageDismissed => Event::MessageDismissed(MessageDismissedV1 {
+            message,
+            repo: repo.clone(),
+            channel: s("email"),
+            reason: DismissReason::EmptyBody,
+            detail: s("the message has no text; send a new message with instructions"),
+            conversation: Some(conversation),
+        }),
         EventType::ConversationStarted => Event::ConversationStarted(ConversationStartedV1 {
             conversation,
             repo,
@@ -186,6 +194,17 @@ pub fn sample(ty: EventType) -> Event {
             web_searches: 1,
             web_fetches: 2,
             blocked_hosts: vec![s("pypi.org")],
+        }),
+        EventType::TaskInterrupted => Event::TaskInterrupted(TaskInterruptedV1 {
+            task,
+            attempt: 1,
+            rerun: true,
+            reason: s("the server restarted while the task ran"),
+        }),
+        EventType::TaskStopRequested => Event::TaskStopRequested(TaskStopRequestedV1 {
+            task,
+            requested_by: s("dashboard:alice@example.com"),
+            reason: s("stop button on the task page"),
         }),
         EventType::ImageBuildStarted => Event::ImageBuildStarted(ImageBuildStartedV1 {
             repo,
@@ -300,6 +319,14 @@ pub fn sample(ty: EventType) -> Event {
             kind: ReplyKind::Result,
             error: s("SMTP 451 4.3.0 temporary server error"),
             attempts: 2,
+        }),
+        EventType::ReplyStarted => Event::ReplyStarted(ReplyStartedV1 {
+            conversation,
+            task: Some(task),
+            channel: s("email"),
+            kind: ReplyKind::Result,
+            key: s("result:0191e3a4-1c2b-7def-8a01-23456789abcd"),
+            message_id: s("<airut.1a2b3c4d.1787421059.7d2e11f0@example.com>"),
         }),
     }
 }

@@ -103,6 +103,7 @@ async fn start_latency(opts: &BenchOptions, dir: &Path) -> anyhow::Result<(Durat
         LogOptions {
             flush_interval: Duration::from_millis(100),
             create: true,
+            ..LogOptions::default()
         },
     )?;
     let busybox = std::fs::read(&opts.busybox).with_context(|| {
