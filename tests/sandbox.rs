@@ -485,14 +485,22 @@ async fn relay_mode_has_only_loopback_and_relays_443_to_the_task_socket() {
     )
     .await;
     let out = output_lines(&evs, OutputStream::Stdout);
-    assert_eq!(result.outcome, Outcome::Success, "{out:?} {:?}", output_lines(&evs, OutputStream::Stderr));
+    assert_eq!(
+        result.outcome,
+        Outcome::Success,
+        "{out:?} {:?}",
+        output_lines(&evs, OutputStream::Stderr)
+    );
     assert_eq!(out[0].1, "lo", "the container has loopback only: {out:?}");
     let got = received.join().unwrap();
     let relayed = got
         .iter()
         .find(|b| b.windows(5).any(|w| w == b"hello"))
         .expect("the bytes reached the task socket");
-    assert!(relayed.starts_with(b"\r\n\r\n\0\r\nQUIT\n"), "a PROXY v2 header comes first");
+    assert!(
+        relayed.starts_with(b"\r\n\r\n\0\r\nQUIT\n"),
+        "a PROXY v2 header comes first"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

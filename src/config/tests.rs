@@ -312,6 +312,9 @@ fn bad_sandbox_values_are_each_named() {
         syntax("repos:\n  w:\n    repo_url: x\n    resource_limits:\n      disk: 1g\n")
             .contains("disk")
     );
+}
+
+#[test]
 fn dashboard_auth_allows_a_non_loopback_bind() {
     let c = load(
         "config_version: 1\ndashboard:\n  host: 0.0.0.0\n  auth:\n    token: 0123456789abcdef01\n",
