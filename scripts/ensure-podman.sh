@@ -47,7 +47,9 @@ export CONTAINERS_CONF=$conf
 if ! curl -fsS --max-time 5 --unix-socket "$socket" http://d/_ping >/dev/null 2>&1; then
     say "starting podman system service on $socket"
     rm -f "$socket"
-    nohup podman system service --time=0 "unix://$socket" >"$podman_dir/service.log" 2>&1 &
+    # 9>&-: the service (and the conmon of every container it starts) must
+    # not inherit the setup lock, or the next setup waits for ever.
+    nohup podman system service --time=0 "unix://$socket" >"$podman_dir/service.log" 2>&1 9>&- &
     for _ in $(seq 1 100); do
         curl -fsS --max-time 2 --unix-socket "$socket" http://d/_ping >/dev/null 2>&1 && break
         sleep 0.2
