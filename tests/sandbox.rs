@@ -452,23 +452,54 @@ async fn stop_sends_sigterm_to_the_agent_through_the_init() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relay_seam_fails_closed_until_the_relay_exists() {
+async fn relay_mode_has_only_loopback_and_relays_443_to_the_task_socket() {
+    use std::io::Read;
     let c = conv();
     let sock = c.root.join("proxy.sock");
-    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-    let (_c2, _log, result, evs) = run_fake("echo should-not-run", "", |r| {
-        r.network = NetworkMode::Relay {
-            socket: sock.clone(),
-        };
-    })
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    // The host side of the task socket: keep what the relay sends.
+    let received = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        listener.set_nonblocking(false).unwrap();
+        for stream in listener.incoming().take(4) {
+            let mut s = stream.unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf);
+            let done = buf.windows(5).any(|w| w == b"hello");
+            all.push(buf);
+            if done {
+                break;
+            }
+        }
+        all
+    });
+    let (_c2, _log, result, evs) = run_fake(
+        "ls /sys/class/net; echo hello | nc -w 3 127.0.0.1 443; echo sent",
+        "",
+        |r| {
+            r.network = NetworkMode::Relay {
+                socket: sock.clone(),
+            };
+        },
+    )
     .await;
-    assert_eq!(result.outcome, Outcome::ContainerFailed);
-    assert_eq!(result.exit_code, Some(125));
-    assert!(output_lines(&evs, OutputStream::Stdout).is_empty());
-    let err = output_lines(&evs, OutputStream::Stderr);
+    let out = output_lines(&evs, OutputStream::Stdout);
+    assert_eq!(
+        result.outcome,
+        Outcome::Success,
+        "{out:?} {:?}",
+        output_lines(&evs, OutputStream::Stderr)
+    );
+    assert_eq!(out[0].1, "lo", "the container has loopback only: {out:?}");
+    let got = received.join().unwrap();
+    let relayed = got
+        .iter()
+        .find(|b| b.windows(5).any(|w| w == b"hello"))
+        .expect("the bytes reached the task socket");
     assert!(
-        err.iter().any(|(_, t)| t.contains("network relay")),
-        "{err:?}"
+        relayed.starts_with(b"\r\n\r\n\0\r\nQUIT\n"),
+        "a PROXY v2 header comes first"
     );
 }
 
@@ -863,4 +894,73 @@ async fn recovery_stops_containers_of_running_tasks_and_removes_unknown_ones() {
         );
     }
     assert!(!report.interrupted.iter().any(|(t, _)| *t == tasks[1]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn airut_replay_tells_the_story_of_a_run() {
+    let body = r#"echo '{"type":"system","subtype":"init","session_id":"sess-r"}'
+echo 'some words'
+echo '{"type":"result","subtype":"success","result":"ok","session_id":"sess-r"}'"#;
+    let (c, log, result, _) = run_fake(body, "", |_| {}).await;
+    assert_eq!(result.outcome, Outcome::Success);
+    log.close().await.unwrap();
+    let conv = c.stream.conversation().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_airut"))
+        .arg("--config")
+        .arg(c.root.join("airut.yaml"))
+        .arg("--state-dir")
+        .arg(&c.root)
+        .args(["replay", &conv.to_string()])
+        .env("AIRUT_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "created for task",
+        "started for task",
+        "[init]",
+        "[text] some words",
+        "[result]",
+        "exited with code 0",
+    ] {
+        assert!(text.contains(needle), "{needle:?} not in:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_removes_airut_images_older_than_the_max_age() {
+    let c = conv();
+    let log = open_log(&c.root);
+    let engine = engine().await;
+    let _ = image(&engine, &log, &busybox_spec()).await;
+    // Its own kind, so that pruning leaves the images of other tests alone.
+    let spec = ImageSpec {
+        kind: "prunetest".to_owned(),
+        dockerfile: format!(
+            "FROM {}\nRUN echo {} > /stamp\n",
+            image_name_of_busybox(),
+            uuid::Uuid::now_v7()
+        )
+        .into_bytes(),
+        context: BTreeMap::new(),
+    };
+    let cache = ImageCache::new(engine.clone(), log.clone(), Duration::from_secs(1));
+    let tag = cache.ensure(&spec, false, &for_(&c.stream)).await.unwrap();
+    // Image creation times have a resolution of a second.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let removed = cache.prune_kind(Some("prunetest")).await.unwrap();
+    assert!(removed >= 1);
+    let evs = events(&log, &StreamId::server());
+    assert!(
+        evs.iter()
+            .any(|e| matches!(e, Event::ImagePruned(p) if p.tag.ends_with(&tag))),
+        "{evs:#?}"
+    );
+    let exists = engine.docker().inspect_image(&tag).await;
+    assert!(exists.is_err(), "{tag} still exists");
 }

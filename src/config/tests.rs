@@ -249,6 +249,72 @@ fn secrets_do_not_print() {
 }
 
 #[test]
+fn sandbox_section_and_resource_limits() {
+    let c = load(
+        "config_version: 1\n\
+         sandbox:\n  engine_socket: unix:///run/podman/podman.sock\n  claude_version: 2.1.332\n  image_max_age: 2h\n  prune_interval: 3600\n\
+         repos:\n  widgets:\n    repo_url: !env REPO\n    resource_limits:\n      timeout: 30m\n      memory: 2g\n      cpus: 1.5\n      pids: 256\n",
+    )
+    .unwrap()
+    .config;
+    assert_eq!(
+        c.sandbox.engine_socket.as_deref(),
+        Some(Path::new("/run/podman/podman.sock"))
+    );
+    assert_eq!(c.sandbox.claude, ClaudeSource::Version("2.1.332".into()));
+    assert_eq!(
+        c.sandbox.image_max_age,
+        std::time::Duration::from_secs(7200)
+    );
+    assert_eq!(
+        c.sandbox.prune_interval,
+        std::time::Duration::from_secs(3600)
+    );
+    let l = &c.repos["widgets"].resource_limits;
+    assert_eq!(l.timeout, Some(std::time::Duration::from_secs(1800)));
+    assert_eq!(l.memory_bytes, Some(2 << 30));
+    assert_eq!(l.nano_cpus, Some(1_500_000_000));
+    assert_eq!(l.pids, Some(256));
+    // Defaults: stable Claude Code, a day of image age, no limits.
+    let d = load("config_version: 1\nrepos:\n  w:\n    repo_url: x\n")
+        .unwrap()
+        .config;
+    assert_eq!(d.sandbox, SandboxConfig::default());
+    assert_eq!(d.repos["w"].resource_limits, ResourceLimits::default());
+}
+
+#[test]
+fn bad_sandbox_values_are_each_named() {
+    let p = problems(
+        "config_version: 1\n\
+         sandbox:\n  engine_socket: relative.sock\n  claude_version: 2.1\n  image_max_age: soon\n  prune_interval: 1s\n\
+         repos:\n  widgets:\n    repo_url: x\n    resource_limits:\n      timeout: 5s\n      memory: 1k\n      cpus: '0.001'\n      pids: 0\n",
+    );
+    let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    for k in [
+        "sandbox.engine_socket",
+        "sandbox.claude_version",
+        "sandbox.image_max_age",
+        "sandbox.prune_interval",
+        "repos.widgets.resource_limits.timeout",
+        "repos.widgets.resource_limits.memory",
+        "repos.widgets.resource_limits.cpus",
+        "repos.widgets.resource_limits.pids",
+    ] {
+        assert!(keys.contains(&k), "{k} missing from {p:?}");
+    }
+    assert!(p.iter().all(|p| p.line.is_some()));
+    let p = problems("sandbox:\n  claude_version: stable\n  claude_path: /usr/bin/claude\n");
+    assert_eq!(p[0].key, "sandbox.claude_path");
+    assert!(p[0].message.contains("not both"));
+    assert!(syntax("sandbox:\n  engine: x\n").contains("engine"));
+    assert!(
+        syntax("repos:\n  w:\n    repo_url: x\n    resource_limits:\n      disk: 1g\n")
+            .contains("disk")
+    );
+}
+
+#[test]
 fn dashboard_auth_allows_a_non_loopback_bind() {
     let c = load(
         "config_version: 1\ndashboard:\n  host: 0.0.0.0\n  auth:\n    token: 0123456789abcdef01\n",

@@ -40,6 +40,9 @@ use crate::events::{
 };
 use crate::log::{ExpectedVersion, Log, NewEvent, StreamAppend};
 
+/// Label naming an image's kind (`repo`, `probe`).
+pub const LABEL_KIND: &str = "airut.kind";
+
 /// Lines of build output quoted in a failure.
 const TAIL_LINES: usize = 30;
 
@@ -243,26 +246,23 @@ impl ImageCache {
 
     /// Age of the image with this tag; `None` if absent.
     async fn age(&self, tag: &str) -> Result<Option<Duration>, ImageError> {
-        let images = self
-            .engine
-            .docker()
-            .list_images(Some(
-                ListImagesOptionsBuilder::default()
-                    .filters(&HashMap::from([("reference", vec![tag])]))
-                    .build(),
-            ))
-            .await
-            .map_err(|e| ImageError::Engine(format!("list images: {e}")))?;
-        // Engines qualify the name (`localhost/…`, `docker.io/library/…`).
-        let qualified = format!("/{tag}");
-        Ok(images
-            .iter()
-            .find(|i| {
-                i.repo_tags
-                    .iter()
-                    .any(|t| t == tag || t.ends_with(&qualified))
-            })
-            .map(|i| age_of(i.created)))
+        // Inspect, not list: a listing fails on Podman while another image
+        // is being removed.
+        match self.engine.docker().inspect_image(tag).await {
+            Ok(image) => Ok(Some(
+                image
+                    .created
+                    .as_deref()
+                    .and_then(parse_rfc3339)
+                    .map(age_of)
+                    // An unreadable date counts as old: rebuild.
+                    .unwrap_or(Duration::MAX),
+            )),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(ImageError::Engine(format!("inspect image {tag}: {e}"))),
+        }
     }
 
     async fn build(
@@ -291,7 +291,10 @@ impl ImageCache {
             .rm(true)
             .forcerm(true)
             .nocache(exists)
-            .labels(&HashMap::from([(LABEL_MANAGED, "1")]))
+            .labels(&HashMap::from([
+                (LABEL_MANAGED, "1"),
+                (LABEL_KIND, spec.kind.as_str()),
+            ]))
             .build();
         let docker = self.engine.docker();
         let mut stream = docker.build_image(options, None, Some(bollard::body_full(body.into())));
@@ -398,16 +401,25 @@ impl ImageCache {
     /// of rebuilt ones). Images in use by a container are kept. Returns how
     /// many were removed. Does nothing when the max age is zero.
     pub async fn prune(&self) -> Result<u32, ImageError> {
+        self.prune_kind(None).await
+    }
+
+    /// [`ImageCache::prune`], limited to images of one kind when given.
+    pub async fn prune_kind(&self, kind: Option<&str>) -> Result<u32, ImageError> {
         if self.max_age.is_zero() {
             return Ok(0);
         }
-        let label = format!("{LABEL_MANAGED}=1");
+        // One label filter only: Podman 4 answers nothing to two.
+        let filter = match kind {
+            Some(kind) => format!("{LABEL_KIND}={kind}"),
+            None => format!("{LABEL_MANAGED}=1"),
+        };
         let images = self
             .engine
             .docker()
             .list_images(Some(
                 ListImagesOptionsBuilder::default()
-                    .filters(&HashMap::from([("label", vec![label.as_str()])]))
+                    .filters(&HashMap::from([("label", vec![filter.as_str()])]))
                     .build(),
             ))
             .await
@@ -415,11 +427,14 @@ impl ImageCache {
         let mut removed = 0;
         let mut events = Vec::new();
         for image in images {
-            let age = age_of(image.created);
-            let dangling = image.repo_tags.iter().all(|t| t.contains("<none>"));
-            if !dangling && age <= self.max_age {
+            if image.labels.get(LABEL_MANAGED).map(String::as_str) != Some("1") {
                 continue;
             }
+            let age = age_of(image.created);
+            if age <= self.max_age {
+                continue;
+            }
+            let dangling = image.repo_tags.iter().all(|t| t.contains("<none>"));
             let names = if dangling {
                 vec![image.id.clone()]
             } else {
@@ -480,6 +495,54 @@ pub fn spawn_prune_schedule(
     })
 }
 
+/// Unix seconds of an RFC 3339 time (`2026-12-05T15:12:57.123Z`,
+/// `…+02:00`); `None` when it is not one.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |from: usize, len: usize| -> Option<i64> {
+        let part = s.get(from..from + len)?;
+        if !part.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        part.parse().ok()
+    };
+    if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') || b.get(13) != Some(&b':') {
+        return None;
+    }
+    if !matches!(b.get(10), Some(b'T' | b't' | b' ')) || b.get(16) != Some(&b':') {
+        return None;
+    }
+    let (y, mo, d) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+    let (h, mi, sec) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut i = 19;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+    }
+    let offset = match b.get(i) {
+        Some(b'Z' | b'z') if i + 1 == b.len() => 0,
+        Some(sign @ (b'+' | b'-')) if i + 6 == b.len() && b.get(i + 3) == Some(&b':') => {
+            let o = num(i + 1, 2)? * 3600 + num(i + 4, 2)? * 60;
+            if *sign == b'+' { o } else { -o }
+        }
+        _ => return None,
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + mi * 60 + sec - offset)
+}
+
 /// Age from an image's creation time (Unix seconds); a time in the future
 /// counts as new.
 fn age_of(created: i64) -> Duration {
@@ -513,6 +576,34 @@ mod tests {
         assert_ne!(a.tag(), spec("FROM x\n", &[("a", "bc")]).tag());
         assert_ne!(a.tag(), spec("FROM x\nab", &[]).tag());
         assert_ne!(a.tag(), spec("FROM y\n", &[("ab", "c")]).tag());
+    }
+
+    #[test]
+    fn rfc3339_times() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339("2026-12-05T15:12:57.123456789Z"),
+            Some(1_796_483_577)
+        );
+        assert_eq!(
+            parse_rfc3339("2026-12-05T17:12:57+02:00"),
+            Some(1_796_483_577)
+        );
+        assert_eq!(
+            parse_rfc3339("2000-02-29T00:00:00-01:30"),
+            Some(951_787_800)
+        );
+        for bad in [
+            "",
+            "2026-12-05",
+            "2026-13-05T00:00:00Z",
+            "2026-12-05T15:12:57",
+            "x026-12-05T15:12:57Z",
+            "2026-12-05T15:12:57Zjunk",
+            "2026-12-05T15:12:57+0200",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

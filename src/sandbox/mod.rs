@@ -35,6 +35,10 @@ pub use stream_json::{ExecutionResult, Outcome};
 pub const LABEL_MANAGED: &str = "airut.managed";
 /// Label naming the task a container runs.
 pub const LABEL_TASK: &str = "airut.task";
+/// Label naming the event store (its store id) of the server that made a
+/// container: recovery only touches its own, so two servers on one host
+/// (separate state dirs) never stop each other's tasks.
+pub const LABEL_STORE: &str = "airut.store";
 /// Label naming the stream (conversation) a container records into.
 pub const LABEL_STREAM: &str = "airut.stream";
 

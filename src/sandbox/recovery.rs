@@ -10,7 +10,9 @@
 //! on disk in the conversation's `claude/` directory, so the gateway can
 //! re-run the task once with `--resume` and lose little work.
 //!
-//! [`recover`] lists every container labelled `airut.managed=1`. Those
+//! [`recover`] lists every container labelled `airut.managed=1` and made
+//! by this server's store (`airut.store`: another airut on the same host,
+//! with its own state dir, is left alone). Those
 //! whose task the log says is running are stopped (SIGTERM, then SIGKILL
 //! after the grace period) and removed, with `container.stopped` (reason
 //! `Recovery`) recorded in their stream; they are returned so that the
@@ -26,7 +28,7 @@ use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOpt
 
 use super::engine::Engine;
 use super::run::kill;
-use super::{LABEL_MANAGED, LABEL_STREAM, LABEL_TASK};
+use super::{LABEL_MANAGED, LABEL_STORE, LABEL_STREAM, LABEL_TASK};
 use crate::events::{ContainerStoppedV1, Event, StopReason, StreamId, TaskId};
 use crate::log::{ExpectedVersion, Log, NewEvent, StreamAppend};
 
@@ -60,16 +62,29 @@ pub async fn recover(
     grace: Duration,
 ) -> Result<RecoveryReport, RecoveryError> {
     let docker = engine.docker();
-    let label = format!("{LABEL_MANAGED}=1");
-    let containers = docker
-        .list_containers(Some(
-            ListContainersOptionsBuilder::default()
-                .all(true)
-                .filters(&HashMap::from([("label", vec![label.as_str()])]))
-                .build(),
-        ))
-        .await
-        .map_err(|e| RecoveryError::Engine(format!("list containers: {e}")))?;
+    // Running containers first: their listing is always readable. The full
+    // listing (with exited and created ones) can fail to parse while some
+    // container is between states (Podman reports `stopped`, which the API
+    // schema lacks); it is retried, and only leftovers that no longer run
+    // are missed if it keeps failing.
+    let store = log.store_id().to_string();
+    let mut containers = list(engine, &store, false).await?;
+    let mut all = None;
+    for attempt in 0..5 {
+        match list(engine, &store, true).await {
+            Ok(c) => {
+                all = Some(c);
+                break;
+            }
+            Err(e) if attempt == 4 => {
+                tracing::warn!(error = %e, "cannot list stopped airut containers; removing running ones only")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+    if let Some(all) = all {
+        containers = all;
+    }
     let mut report = RecoveryReport::default();
     let mut to_stop = Vec::new();
     for c in containers {
@@ -116,6 +131,35 @@ pub async fn recover(
         report.removed_unknown.push(id);
     }
     Ok(report)
+}
+
+/// airut's containers of this store (one label filter: Podman 4 answers
+/// nothing to two; the managed label is checked here).
+async fn list(
+    engine: &Engine,
+    store: &str,
+    all: bool,
+) -> Result<Vec<bollard::models::ContainerSummary>, RecoveryError> {
+    let label = format!("{LABEL_STORE}={store}");
+    let containers = engine
+        .docker()
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .all(all)
+                .filters(&HashMap::from([("label", vec![label.as_str()])]))
+                .build(),
+        ))
+        .await
+        .map_err(|e| RecoveryError::Engine(format!("list containers: {e}")))?;
+    Ok(containers
+        .into_iter()
+        .filter(|c| {
+            c.labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_MANAGED))
+                .is_some_and(|v| v == "1")
+        })
+        .collect())
 }
 
 async fn wait_stopped(engine: &Engine, id: &str, grace: Duration) -> bool {

@@ -39,7 +39,7 @@ use tokio::time::Instant;
 use super::engine::Engine;
 use super::lines::{Line, LineSplitter};
 use super::stream_json::{Accumulator, ExecutionResult, Exit, OutputKind};
-use super::{CLAUDE_PATH, INIT_PATH, LABEL_MANAGED, LABEL_STREAM, LABEL_TASK};
+use super::{CLAUDE_PATH, INIT_PATH, LABEL_MANAGED, LABEL_STORE, LABEL_STREAM, LABEL_TASK};
 use crate::config::{ResourceLimits, Secret};
 use crate::events::{
     ContainerCreatedV1, ContainerExitedV1, ContainerOutputBlobV1, ContainerOutputV1,
@@ -222,8 +222,9 @@ pub fn container_name(task: &TaskId) -> String {
     format!("airut-task-{task}")
 }
 
-/// Builds the engine's create request.
-pub fn create_body(req: &RunRequest) -> Result<ContainerCreateBody, RunError> {
+/// Builds the engine's create request; `store` is the event store's id
+/// (see [`LABEL_STORE`]).
+pub fn create_body(req: &RunRequest, store: &str) -> Result<ContainerCreateBody, RunError> {
     let limits = &req.limits;
     if let Some(t) = limits.timeout
         && t < Duration::from_secs(10)
@@ -336,6 +337,7 @@ pub fn create_body(req: &RunRequest) -> Result<ContainerCreateBody, RunError> {
             (LABEL_MANAGED.to_owned(), "1".to_owned()),
             (LABEL_TASK.to_owned(), req.task.to_string()),
             (LABEL_STREAM.to_owned(), req.stream.to_string()),
+            (LABEL_STORE.to_owned(), store.to_owned()),
         ])),
         open_stdin: Some(true),
         stdin_once: Some(true),
@@ -356,7 +358,7 @@ pub async fn run(
     req: &RunRequest,
     mut stop: watch::Receiver<Option<StopReason>>,
 ) -> Result<ExecutionResult, RunError> {
-    let body = create_body(req)?;
+    let body = create_body(req, &log.store_id().to_string())?;
     if req.network == NetworkMode::Unsandboxed {
         tracing::warn!(
             task = %req.task,
