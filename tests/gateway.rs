@@ -248,6 +248,7 @@ impl World {
 
 struct Mail<'a> {
     repo: RepoId,
+    channel: &'a str,
     message_id: &'a str,
     thread_keys: Vec<String>,
     conversation_ref: Option<ConversationId>,
@@ -259,6 +260,7 @@ struct Mail<'a> {
 fn mail<'a>(message_id: &'a str, subject: &'a str, body: &'a str) -> Mail<'a> {
     Mail {
         repo: repo(),
+        channel: "email",
         message_id,
         thread_keys: Vec::new(),
         conversation_ref: None,
@@ -271,12 +273,12 @@ fn mail<'a>(message_id: &'a str, subject: &'a str, body: &'a str) -> Mail<'a> {
 async fn receive(log: &Log, m: Mail<'_>) -> EventId {
     let appended = log
         .append(StreamAppend {
-            stream: StreamId::channel(&m.repo, "email"),
+            stream: StreamId::channel(&m.repo, m.channel),
             expected: ExpectedVersion::Any,
             events: vec![NewEvent {
                 event: Event::MessageReceived(MessageReceivedV1 {
                     repo: m.repo.clone(),
-                    channel: "email".to_owned(),
+                    channel: m.channel.to_owned(),
                     dedup_key: format!("imap:1:{}", m.message_id),
                     message_id: m.message_id.to_owned(),
                     thread_keys: m.thread_keys,
@@ -486,6 +488,21 @@ async fn unknown_or_malformed_references_start_a_new_conversation() {
     let inbox = ConversationDirs::at(w.ws_root.join(conv.to_string())).inbox;
     assert!(inbox.join("evil").is_file());
     assert!(w.runner.requests()[1].prompt.contains("/inbox/: evil."));
+}
+
+#[tokio::test]
+async fn a_message_on_a_channel_without_a_sink_waits_and_does_not_spin() {
+    let w = World::new();
+    let log = w.open_log();
+    let mut m = mail("1733400000.000100", "", "from slack");
+    m.channel = "slack";
+    receive(&log, m).await;
+    let mut gw = w.boot(&log).await;
+    // Intake happens; the task and its ack wait for a slack sink.
+    assert_eq!(gw.run_until_idle().await.unwrap(), 1);
+    assert_eq!(gw.state().tasks.len(), 1);
+    assert_eq!(gw.state().owed.len(), 1);
+    assert!(w.runner.requests().is_empty());
 }
 
 #[tokio::test]

@@ -444,12 +444,13 @@ impl Gateway {
             self.catch_up().await?;
             return Ok(Some(Step::Replied(cause)));
         }
-        let next = self.startable().into_iter().next();
-        if let Some(task) = next {
-            let job = self.job(task, CancellationToken::new(), CancellationToken::new());
-            if let Some(job) = job {
-                job.run().await?;
-            }
+        // A task whose channel has no sink here waits (it is not lost).
+        let next = self.startable().into_iter().find_map(|task| {
+            self.job(task, CancellationToken::new(), CancellationToken::new())
+                .map(|job| (task, job))
+        });
+        if let Some((task, job)) = next {
+            job.run().await?;
             self.catch_up().await?;
             return Ok(Some(Step::Ran(task)));
         }
