@@ -371,7 +371,9 @@ impl Task {
                 self.blocked_hosts = e.blocked_hosts.clone();
             }
             // A re-run waits for a slot again.
-            Event::TaskInterrupted(e) if e.rerun => self.state = TaskState::Queued,
+            Event::TaskInterrupted(e) if e.rerun && self.state == TaskState::Running => {
+                self.state = TaskState::Queued
+            }
             Event::ContainerCreated(e) => self.container_id = Some(e.container_id.clone()),
             Event::ContainerStarted(e) => self.container_id = Some(e.container_id.clone()),
             Event::ContainerOutput(e) => {
