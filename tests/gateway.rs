@@ -1212,3 +1212,150 @@ async fn airut_run_boots_configured_repos_and_says_why_they_do_not_serve_yet() {
         "{why}"
     );
 }
+
+// --- with real git workspaces -------------------------------------------------------------
+
+/// Commits and pushes from inside the agent's workspace, like an agent would.
+struct GitAgent;
+
+impl TaskRunner for GitAgent {
+    fn run(&self, req: RunRequest, _cancel: CancellationToken) -> BoxFuture<'_, ExecutionResult> {
+        Box::pin(async move {
+            let ws = &req.dirs.workspace;
+            std::fs::write(ws.join("agent.txt"), format!("task {}\n", req.task)).unwrap();
+            for args in [
+                &["add", "agent.txt"][..],
+                &[
+                    "-c",
+                    "user.name=Agent",
+                    "-c",
+                    "user.email=agent@example.com",
+                    "commit",
+                    "--quiet",
+                    "-m",
+                    "agent work",
+                ],
+                &["push", "--quiet", "origin", "HEAD"],
+            ] {
+                let out = std::process::Command::new("git")
+                    .args(args)
+                    .current_dir(ws)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let mut r = ExecutionResult::internal("");
+            r.outcome = TaskOutcome::Succeeded;
+            r.response_text = "pushed".to_owned();
+            r
+        })
+    }
+}
+
+#[tokio::test]
+async fn with_real_git_the_agent_works_in_a_clone_of_origin_and_its_push_lands() {
+    let tmp = tempfile::tempdir().unwrap();
+    let git = |dir: &std::path::Path, args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.name=T", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    git(
+        tmp.path(),
+        &["init", "--quiet", "--bare", "-b", "main", "origin.git"],
+    );
+    git(tmp.path(), &["clone", "--quiet", "origin.git", "author"]);
+    let author = tmp.path().join("author");
+    git(&author, &["checkout", "--quiet", "-b", "main"]);
+    std::fs::write(author.join("README.md"), "hello\n").unwrap();
+    git(&author, &["add", "-A"]);
+    git(&author, &["commit", "--quiet", "-m", "init"]);
+    git(&author, &["push", "--quiet", "origin", "main"]);
+    let origin = tmp.path().join("origin.git");
+    let state = tmp.path().join("state");
+    let yaml = format!(
+        "config_version: 1\nstate_dir: {}\nrepos:\n  widgets:\n    repo_url: {}\n  broken:\n    repo_url: {}\n",
+        state.display(),
+        origin.display(),
+        tmp.path().join("missing.git").display()
+    );
+    let cfg = airut::config::load_bytes(yaml.as_bytes(), "airut.yaml", &|_| None)
+        .unwrap()
+        .config;
+    let sink = Arc::new(FakeSink::default());
+    let setups: Vec<RepoSetup> = airut::gateway::repo_setups(&cfg)
+        .into_iter()
+        .map(|mut s| {
+            s.sinks.insert("email".to_owned(), sink.clone());
+            s.runner = Some(Arc::new(GitAgent));
+            s
+        })
+        .collect();
+    let log = Log::open(&state.join("log"), LogOptions::default()).unwrap();
+    receive(&log, mail("<g1@x>", "Work", "please commit")).await;
+    let mut gw = Gateway::boot(
+        log.clone(),
+        GatewayConfig {
+            max_concurrent: 1,
+            shutdown_timeout: Duration::from_secs(5),
+            conversation_max_age: Duration::from_secs(86400),
+        },
+        setups,
+    )
+    .await
+    .unwrap();
+    let status = gw.repo_status();
+    assert_eq!(status[&repo()], RepoStatus::Serving);
+    assert!(
+        matches!(&status[&RepoId("broken".to_owned())], RepoStatus::NotServing(r) if r.contains("clone --mirror"))
+    );
+    gw.run_until_idle().await.unwrap();
+
+    let conv = conversations(&log)[0].conversation;
+    let ws = state
+        .join("repos/widgets/conversations")
+        .join(conv.to_string())
+        .join("workspace");
+    assert_eq!(
+        git(&ws, &["remote", "get-url", "origin"]),
+        origin.display().to_string()
+    );
+    assert_eq!(
+        git(&origin, &["show", "main:agent.txt"]),
+        format!("task {}", w_task(&log))
+    );
+    assert_eq!(
+        sink.sent().last().unwrap().text.lines().next(),
+        Some("pushed")
+    );
+    // Expiry removes the conversation's directories.
+    let last = gw.state().conversations[&conv].last_us;
+    assert_eq!(
+        gw.expire_idle(last + 86_400_000_001).await.unwrap(),
+        vec![conv]
+    );
+    assert!(!ws.exists());
+}
+
+fn w_task(log: &Log) -> TaskId {
+    events(log)
+        .into_iter()
+        .find_map(|(_, e)| match e {
+            Event::TaskQueued(q) => Some(q.task),
+            _ => None,
+        })
+        .unwrap()
+}
