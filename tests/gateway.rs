@@ -1359,3 +1359,30 @@ fn w_task(log: &Log) -> TaskId {
         })
         .unwrap()
 }
+
+/// Regression: a message folded while the serve loop was sending a reply
+/// was left waiting for a wake-up that never came (found by `airut bench
+/// gateway`). Messages sent one at a time, each right after the previous
+/// answer, must all be answered.
+#[tokio::test]
+async fn serving_never_leaves_a_message_folded_during_a_reply_behind() {
+    let w = World::new();
+    let log = w.open_log();
+    let gw = w.boot(&log).await;
+    let shutdown = CancellationToken::new();
+    let serving = tokio::spawn(gw.serve(shutdown.clone()));
+    for i in 0..40 {
+        let id = format!("<seq{i}@x>");
+        receive(&log, mail(&id, "Seq", "go")).await;
+        let sink = w.sink.clone();
+        wait_until(&format!("answer to {id}"), || {
+            sink.sent()
+                .iter()
+                .any(|r| r.in_reply_to == id && r.kind == ReplyKind::Result)
+        })
+        .await;
+    }
+    shutdown.cancel();
+    serving.await.unwrap().unwrap();
+    assert_eq!(count(&log, EventType::TaskCompleted), 40);
+}
