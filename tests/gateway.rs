@@ -248,6 +248,7 @@ impl World {
 
 struct Mail<'a> {
     repo: RepoId,
+    channel: &'a str,
     message_id: &'a str,
     thread_keys: Vec<String>,
     conversation_ref: Option<ConversationId>,
@@ -259,6 +260,7 @@ struct Mail<'a> {
 fn mail<'a>(message_id: &'a str, subject: &'a str, body: &'a str) -> Mail<'a> {
     Mail {
         repo: repo(),
+        channel: "email",
         message_id,
         thread_keys: Vec::new(),
         conversation_ref: None,
@@ -271,12 +273,12 @@ fn mail<'a>(message_id: &'a str, subject: &'a str, body: &'a str) -> Mail<'a> {
 async fn receive(log: &Log, m: Mail<'_>) -> EventId {
     let appended = log
         .append(StreamAppend {
-            stream: StreamId::channel(&m.repo, "email"),
+            stream: StreamId::channel(&m.repo, m.channel),
             expected: ExpectedVersion::Any,
             events: vec![NewEvent {
                 event: Event::MessageReceived(MessageReceivedV1 {
                     repo: m.repo.clone(),
-                    channel: "email".to_owned(),
+                    channel: m.channel.to_owned(),
                     dedup_key: format!("imap:1:{}", m.message_id),
                     message_id: m.message_id.to_owned(),
                     thread_keys: m.thread_keys,
@@ -486,6 +488,21 @@ async fn unknown_or_malformed_references_start_a_new_conversation() {
     let inbox = ConversationDirs::at(w.ws_root.join(conv.to_string())).inbox;
     assert!(inbox.join("evil").is_file());
     assert!(w.runner.requests()[1].prompt.contains("/inbox/: evil."));
+}
+
+#[tokio::test]
+async fn a_message_on_a_channel_without_a_sink_waits_and_does_not_spin() {
+    let w = World::new();
+    let log = w.open_log();
+    let mut m = mail("1733400000.000100", "", "from slack");
+    m.channel = "slack";
+    receive(&log, m).await;
+    let mut gw = w.boot(&log).await;
+    // Intake happens; the task and its ack wait for a slack sink.
+    assert_eq!(gw.run_until_idle().await.unwrap(), 1);
+    assert_eq!(gw.state().tasks.len(), 1);
+    assert_eq!(gw.state().owed.len(), 1);
+    assert!(w.runner.requests().is_empty());
 }
 
 #[tokio::test]
@@ -1194,4 +1211,178 @@ async fn airut_run_boots_configured_repos_and_says_why_they_do_not_serve_yet() {
         why.contains("no channel") && why.contains("no sandbox runner"),
         "{why}"
     );
+}
+
+// --- with real git workspaces -------------------------------------------------------------
+
+/// Commits and pushes from inside the agent's workspace, like an agent would.
+struct GitAgent;
+
+impl TaskRunner for GitAgent {
+    fn run(&self, req: RunRequest, _cancel: CancellationToken) -> BoxFuture<'_, ExecutionResult> {
+        Box::pin(async move {
+            let ws = &req.dirs.workspace;
+            std::fs::write(ws.join("agent.txt"), format!("task {}\n", req.task)).unwrap();
+            for args in [
+                &["add", "agent.txt"][..],
+                &[
+                    "-c",
+                    "user.name=Agent",
+                    "-c",
+                    "user.email=agent@example.com",
+                    "commit",
+                    "--quiet",
+                    "-m",
+                    "agent work",
+                ],
+                &["push", "--quiet", "origin", "HEAD"],
+            ] {
+                let out = std::process::Command::new("git")
+                    .args(args)
+                    .current_dir(ws)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let mut r = ExecutionResult::internal("");
+            r.outcome = TaskOutcome::Succeeded;
+            r.response_text = "pushed".to_owned();
+            r
+        })
+    }
+}
+
+#[tokio::test]
+async fn with_real_git_the_agent_works_in_a_clone_of_origin_and_its_push_lands() {
+    let tmp = tempfile::tempdir().unwrap();
+    let git = |dir: &std::path::Path, args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.name=T", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    git(
+        tmp.path(),
+        &["init", "--quiet", "--bare", "-b", "main", "origin.git"],
+    );
+    git(tmp.path(), &["clone", "--quiet", "origin.git", "author"]);
+    let author = tmp.path().join("author");
+    git(&author, &["checkout", "--quiet", "-b", "main"]);
+    std::fs::write(author.join("README.md"), "hello\n").unwrap();
+    git(&author, &["add", "-A"]);
+    git(&author, &["commit", "--quiet", "-m", "init"]);
+    git(&author, &["push", "--quiet", "origin", "main"]);
+    let origin = tmp.path().join("origin.git");
+    let state = tmp.path().join("state");
+    let yaml = format!(
+        "config_version: 1\nstate_dir: {}\nrepos:\n  widgets:\n    repo_url: {}\n  broken:\n    repo_url: {}\n",
+        state.display(),
+        origin.display(),
+        tmp.path().join("missing.git").display()
+    );
+    let cfg = airut::config::load_bytes(yaml.as_bytes(), "airut.yaml", &|_| None)
+        .unwrap()
+        .config;
+    let sink = Arc::new(FakeSink::default());
+    let setups: Vec<RepoSetup> = airut::gateway::repo_setups(&cfg)
+        .into_iter()
+        .map(|mut s| {
+            s.sinks.insert("email".to_owned(), sink.clone());
+            s.runner = Some(Arc::new(GitAgent));
+            s
+        })
+        .collect();
+    let log = Log::open(&state.join("log"), LogOptions::default()).unwrap();
+    receive(&log, mail("<g1@x>", "Work", "please commit")).await;
+    let mut gw = Gateway::boot(
+        log.clone(),
+        GatewayConfig {
+            max_concurrent: 1,
+            shutdown_timeout: Duration::from_secs(5),
+            conversation_max_age: Duration::from_secs(86400),
+        },
+        setups,
+    )
+    .await
+    .unwrap();
+    let status = gw.repo_status();
+    assert_eq!(status[&repo()], RepoStatus::Serving);
+    assert!(
+        matches!(&status[&RepoId("broken".to_owned())], RepoStatus::NotServing(r) if r.contains("clone --mirror"))
+    );
+    gw.run_until_idle().await.unwrap();
+
+    let conv = conversations(&log)[0].conversation;
+    let ws = state
+        .join("repos/widgets/conversations")
+        .join(conv.to_string())
+        .join("workspace");
+    assert_eq!(
+        git(&ws, &["remote", "get-url", "origin"]),
+        origin.display().to_string()
+    );
+    assert_eq!(
+        git(&origin, &["show", "main:agent.txt"]),
+        format!("task {}", w_task(&log))
+    );
+    assert_eq!(
+        sink.sent().last().unwrap().text.lines().next(),
+        Some("pushed")
+    );
+    // Expiry removes the conversation's directories.
+    let last = gw.state().conversations[&conv].last_us;
+    assert_eq!(
+        gw.expire_idle(last + 86_400_000_001).await.unwrap(),
+        vec![conv]
+    );
+    assert!(!ws.exists());
+}
+
+fn w_task(log: &Log) -> TaskId {
+    events(log)
+        .into_iter()
+        .find_map(|(_, e)| match e {
+            Event::TaskQueued(q) => Some(q.task),
+            _ => None,
+        })
+        .unwrap()
+}
+
+/// Regression: a message folded while the serve loop was sending a reply
+/// was left waiting for a wake-up that never came (found by `airut bench
+/// gateway`). Messages sent one at a time, each right after the previous
+/// answer, must all be answered.
+#[tokio::test]
+async fn serving_never_leaves_a_message_folded_during_a_reply_behind() {
+    let w = World::new();
+    let log = w.open_log();
+    let gw = w.boot(&log).await;
+    let shutdown = CancellationToken::new();
+    let serving = tokio::spawn(gw.serve(shutdown.clone()));
+    for i in 0..40 {
+        let id = format!("<seq{i}@x>");
+        receive(&log, mail(&id, "Seq", "go")).await;
+        let sink = w.sink.clone();
+        wait_until(&format!("answer to {id}"), || {
+            sink.sent()
+                .iter()
+                .any(|r| r.in_reply_to == id && r.kind == ReplyKind::Result)
+        })
+        .await;
+    }
+    shutdown.cancel();
+    serving.await.unwrap().unwrap();
+    assert_eq!(count(&log, EventType::TaskCompleted), 40);
 }

@@ -45,6 +45,7 @@ pub struct BenchReport {
 struct Clock {
     runs: Mutex<BTreeMap<String, Instant>>,
     replies: Mutex<BTreeMap<String, Instant>>,
+    errors: Mutex<BTreeMap<String, String>>,
 }
 
 struct Runner(Arc<Clock>);
@@ -72,10 +73,18 @@ impl ReplySink for Sink {
     }
     fn send(&self, reply: OutgoingReply) -> BoxFuture<'_, Result<Delivered, SendError>> {
         Box::pin(async move {
-            if reply.kind == crate::events::ReplyKind::Result
-                && let Ok(mut replies) = self.0.replies.lock()
-            {
-                replies.insert(reply.in_reply_to.clone(), Instant::now());
+            match reply.kind {
+                crate::events::ReplyKind::Result => {
+                    if let Ok(mut replies) = self.0.replies.lock() {
+                        replies.insert(reply.in_reply_to.clone(), Instant::now());
+                    }
+                }
+                crate::events::ReplyKind::Error => {
+                    if let Ok(mut errors) = self.0.errors.lock() {
+                        errors.insert(reply.in_reply_to.clone(), reply.text.clone());
+                    }
+                }
+                crate::events::ReplyKind::Acknowledgement => {}
             }
             Ok(Delivered {
                 message_id: format!("<airut.{}@bench>", reply.key),
@@ -202,6 +211,9 @@ pub async fn run(dir: &Path, n: usize) -> Result<BenchReport, String> {
                         to_run: run - at,
                         to_reply: reply - at,
                     });
+                }
+                if let Some(text) = clock.errors.lock().ok().and_then(|e| e.get(&id).cloned()) {
+                    return Err(format!("{id} was answered with an error: {text}"));
                 }
                 if Instant::now() > deadline {
                     return Err(format!("no reply to {id} within 120 s"));

@@ -294,13 +294,9 @@ impl Ctx {
 
     async fn append(&self, batch: StreamAppend) -> Result<Appended, GatewayError> {
         self.point("before append")?;
-        let appended = self.ctx_log().append(batch).await?;
+        let appended = self.log.append(batch).await?;
         self.point("after append")?;
         Ok(appended)
-    }
-
-    fn ctx_log(&self) -> &Log {
-        &self.log
     }
 }
 
@@ -444,12 +440,13 @@ impl Gateway {
             self.catch_up().await?;
             return Ok(Some(Step::Replied(cause)));
         }
-        let next = self.startable().into_iter().next();
-        if let Some(task) = next {
-            let job = self.job(task, CancellationToken::new(), CancellationToken::new());
-            if let Some(job) = job {
-                job.run().await?;
-            }
+        // A task whose channel has no sink here waits (it is not lost).
+        let next = self.startable().into_iter().find_map(|task| {
+            self.job(task, CancellationToken::new(), CancellationToken::new())
+                .map(|job| (task, job))
+        });
+        if let Some((task, job)) = next {
+            job.run().await?;
             self.catch_up().await?;
             return Ok(Some(Step::Ran(task)));
         }
@@ -640,6 +637,7 @@ impl Gateway {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<JobDone>();
         let mut expiry = tokio::time::interval(Duration::from_secs(3600));
         expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut log_open = true;
         let result = loop {
             if let Err(e) = self.serve_round(&tracker, &kill, &done_tx).await {
                 break Err(e);
@@ -668,7 +666,10 @@ impl Gateway {
                         }
                     }
                     Some(Err(e)) => tracing::error!(error = %e, "cannot read an event; skipped"),
-                    None => break Ok(()),
+                    None => {
+                        log_open = false;
+                        break Ok(());
+                    }
                 },
                 _ = expiry.tick() => {
                     if let Err(e) = self.expire_idle(now_us()).await {
@@ -695,7 +696,7 @@ impl Gateway {
         }
         // Answers for tasks that ended during the drain go out now rather
         // than after the next start (the caller bounds this wait too).
-        if result.is_ok() {
+        if result.is_ok() && log_open {
             self.catch_up().await?;
             while self.reply_one().await?.is_some() {
                 self.catch_up().await?;
@@ -705,6 +706,8 @@ impl Gateway {
     }
 
     /// One round of work in serve mode: everything but running inline.
+    /// Repeats until it folds nothing new, so an event that arrived while
+    /// it worked (and was folded then) is not left waiting for a wake-up.
     async fn serve_round(
         &mut self,
         tracker: &TaskTracker,
@@ -717,31 +720,37 @@ impl Gateway {
             self.recover().await?;
             self.catch_up().await?;
         }
-        while self.intake_one().await?.is_some() {
+        loop {
+            let seen = self.state.next;
+            while self.intake_one().await?.is_some() {
+                self.catch_up().await?;
+            }
+            while self.reply_one().await?.is_some() {
+                self.catch_up().await?;
+            }
+            for task in self.startable() {
+                let stop = kill.child_token();
+                let Some(job) = self.job(task, stop.clone(), kill.clone()) else {
+                    continue;
+                };
+                self.live.insert(
+                    task,
+                    Live {
+                        conversation: job.task.conversation,
+                        stop,
+                    },
+                );
+                let done = done.clone();
+                tracker.spawn(async move {
+                    let result = job.run().await;
+                    let _ = done.send(JobDone { task, result });
+                });
+            }
             self.catch_up().await?;
+            if self.state.next == seen {
+                return Ok(());
+            }
         }
-        while self.reply_one().await?.is_some() {
-            self.catch_up().await?;
-        }
-        for task in self.startable() {
-            let stop = kill.child_token();
-            let Some(job) = self.job(task, stop.clone(), kill.clone()) else {
-                continue;
-            };
-            self.live.insert(
-                task,
-                Live {
-                    conversation: job.task.conversation,
-                    stop,
-                },
-            );
-            let done = done.clone();
-            tracker.spawn(async move {
-                let result = job.run().await;
-                let _ = done.send(JobDone { task, result });
-            });
-        }
-        Ok(())
     }
 }
 

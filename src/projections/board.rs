@@ -385,9 +385,8 @@ impl Task {
                 self.web_fetches = Some(e.web_fetches);
                 self.blocked_hosts = e.blocked_hosts.clone();
             }
-            // A re-run waits for a slot again. A finished task stays
-            // finished: an interruption only applies to one that ran.
-            Event::TaskInterrupted(e) if e.rerun && self.state != TaskState::Done => {
+            // A re-run waits for a slot again.
+            Event::TaskInterrupted(e) if e.rerun && self.state == TaskState::Running => {
                 self.state = TaskState::Queued
             }
             Event::ContainerCreated(e) => self.container_id = Some(e.container_id.clone()),
