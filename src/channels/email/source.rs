@@ -740,10 +740,21 @@ async fn connect(settings: &EmailSettings) -> Result<ImapSession, SourceError> {
     }
 }
 
-/// Reads the server greeting.
+/// Reads the server greeting: `* OK` (or `* PREAUTH`); anything else
+/// (`* BYE`, junk) ends the attempt.
 async fn greeted(mut client: Client<ImapStream>) -> Result<Client<ImapStream>, SourceError> {
+    use async_imap::imap_proto::{Response, Status};
     match client.read_response().await {
-        Ok(Some(_)) => Ok(client),
+        Ok(Some(greeting)) => match greeting.parsed() {
+            Response::Data {
+                status: Status::Ok | Status::PreAuth,
+                ..
+            } => Ok(client),
+            other => Err(SourceError::Connection(format!(
+                "unexpected greeting: {}",
+                format!("{other:?}").chars().take(200).collect::<String>()
+            ))),
+        },
         Ok(None) => Err(SourceError::Connection(
             "the server closed the connection before its greeting".to_owned(),
         )),
