@@ -681,3 +681,79 @@ async fn an_unreachable_server_is_a_recorded_failure() {
             .any(|(e, _, _)| matches!(e, Event::ReplyFailed(_)))
     );
 }
+
+#[tokio::test]
+async fn a_hostile_smtp_server_is_a_recorded_failure_not_a_panic() {
+    use tokio::io::AsyncReadExt as _;
+    let store = tempfile::tempdir().unwrap();
+    let log = Log::open(store.path(), LogOptions::default()).unwrap();
+    for (i, script) in [
+        &b"garbage\r\n"[..],
+        b"554 go away\r\n",
+        b"220 hi\r\n250 ok\r\n999 what\r\n",
+        b"\xff\xfe\x00\r\n",
+        b"",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                if script.is_empty() {
+                    continue; // close at once
+                }
+                let _ = tcp.write_all(script).await;
+                let mut buf = [0u8; 1024];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp.write_all(script).await;
+            }
+        });
+        let sink = sink_for(port, Security::Plain, Trust::public(), &log);
+        let outcome = sink
+            .send(reply(&format!("result:hostile-{i}")))
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, SendOutcome::Failed { .. }),
+            "{script:?}: {outcome:?}"
+        );
+    }
+    let failed = stream_events(&log)
+        .iter()
+        .filter(|(e, _, _)| matches!(e, Event::ReplyFailed(_)))
+        .count();
+    assert_eq!(failed, 5);
+}
+
+#[tokio::test]
+async fn non_ascii_subjects_bodies_and_file_names_survive_encoding() {
+    let receiver = Receiver::start(ReceiverOptions::default()).await;
+    let store = tempfile::tempdir().unwrap();
+    let log = Log::open(store.path(), LogOptions::default()).unwrap();
+    let sink = sink_for(receiver.port, Security::Plain, Trust::public(), &log);
+    let mut r = reply("result:unicode");
+    r.subject = "Naïve café — 日本語のテスト".to_owned();
+    r.body = "Grüße! Ünïcödé ✓\n\n| größe | 値 |\n|---|---|\n| 1 | 二 |\n".to_owned();
+    r.attachments.push(OutboundAttachment {
+        name: "résumé 日本.pdf".to_owned(),
+        content_type: "application/pdf".to_owned(),
+        data: b"%PDF-1.4".to_vec(),
+    });
+    assert!(matches!(
+        sink.send(r).await.unwrap(),
+        SendOutcome::Sent { .. }
+    ));
+    let got = &receiver.mails()[0];
+    assert!(got.data.is_ascii(), "the wire form is 7-bit");
+    let m = MessageParser::new().parse(&got.data).unwrap();
+    assert_eq!(
+        m.subject(),
+        Some("Re: [ID:1a2b3c4d] Naïve café — 日本語のテスト")
+    );
+    assert!(m.body_text(0).unwrap().contains("Grüße! Ünïcödé ✓"));
+    assert!(m.body_html(0).unwrap().contains("größe"));
+    let file = m.attachments().next().unwrap();
+    assert_eq!(file.attachment_name(), Some("résumé 日本.pdf"));
+}
