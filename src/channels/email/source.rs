@@ -685,6 +685,16 @@ async fn connect(settings: &EmailSettings) -> Result<ImapSession, SourceError> {
         .await
         .map_err(conn)?;
     let _ = tcp.set_nodelay(true);
+    // A connection that dies silently (a NAT forgetting it) would otherwise
+    // go unnoticed until IDLE is re-issued; keepalive probes find it within
+    // about three minutes.
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(30))
+        .with_retries(4);
+    if let Err(e) = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "cannot enable TCP keepalive");
+    }
     let tls_setup = || -> Result<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>), SourceError> {
         let config = settings
             .trust
