@@ -884,3 +884,21 @@ async fn a_refused_oauth2_client_is_failed_health() {
     assert!(!state.detail.contains("s=cr&t"), "{}", state.detail);
     stop(channel, cancel).await;
 }
+
+#[tokio::test]
+async fn a_missing_mailbox_is_failed_health() {
+    let dovecot = Dovecot::start(DovecotOptions::default()).await;
+    let store = tempfile::tempdir().unwrap();
+    let log = open_log(store.path());
+    let mut s = (*settings(
+        imap(dovecot.port, Security::Plain, ImapMode::Idle),
+        smtp(1, Security::Plain),
+        Trust::public(),
+    ))
+    .clone();
+    s.imap.mailbox = "Nope".to_owned();
+    let (mut channel, cancel) = start(Arc::new(s), &log);
+    let state = wait_health(&mut channel.health, ChannelHealth::Failed).await;
+    assert!(state.detail.contains("cannot open mailbox Nope"), "{}", state.detail);
+    stop(channel, cancel).await;
+}

@@ -100,6 +100,10 @@ pub enum SourceError {
     /// The server did not answer in time.
     #[error("{0} timed out after {1} s")]
     Timeout(&'static str, u64),
+    /// The mailbox cannot be selected (it does not exist, or no access):
+    /// an operator must fix `imap.mailbox` (health `failed`; retried anyway).
+    #[error("cannot open mailbox {0}")]
+    Mailbox(String),
     /// The log refused an append (closed or poisoned): nothing can be
     /// recorded, so nothing is deleted.
     #[error("event log: {0}")]
@@ -201,7 +205,9 @@ impl Source {
                         delay = BACKOFF_MIN;
                     }
                     let health = match e {
-                        SourceError::Login(_) | SourceError::Log(_) => ChannelHealth::Failed,
+                        SourceError::Login(_) | SourceError::Mailbox(_) | SourceError::Log(_) => {
+                            ChannelHealth::Failed
+                        }
                         _ => ChannelHealth::Degraded,
                     };
                     tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "IMAP session ended; reconnecting");
@@ -274,11 +280,16 @@ impl Source {
         let mut session = self
             .cancellable(CONNECT_TIMEOUT, "connect", connect(&self.settings))
             .await??;
-        *connected = true;
         let mailbox = self
             .cancellable(COMMAND_TIMEOUT, "SELECT", session.select(&imap.mailbox))
             .await?
-            .map_err(imap_err)?;
+            .map_err(|e| match e {
+                async_imap::error::Error::No(m) => {
+                    SourceError::Mailbox(format!("{}: {m}", imap.mailbox))
+                }
+                other => imap_err(other),
+            })?;
+        *connected = true;
         let uidvalidity = mailbox.uid_validity.unwrap_or(0);
         let caps = self
             .cancellable(COMMAND_TIMEOUT, "CAPABILITY", session.capabilities())
