@@ -899,6 +899,10 @@ async fn a_missing_mailbox_is_failed_health() {
     s.imap.mailbox = "Nope".to_owned();
     let (mut channel, cancel) = start(Arc::new(s), &log);
     let state = wait_health(&mut channel.health, ChannelHealth::Failed).await;
-    assert!(state.detail.contains("cannot open mailbox Nope"), "{}", state.detail);
+    assert!(
+        state.detail.contains("cannot open mailbox Nope"),
+        "{}",
+        state.detail
+    );
     stop(channel, cancel).await;
 }
