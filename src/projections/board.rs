@@ -385,8 +385,11 @@ impl Task {
                 self.web_fetches = Some(e.web_fetches);
                 self.blocked_hosts = e.blocked_hosts.clone();
             }
-            // A re-run waits for a slot again.
-            Event::TaskInterrupted(e) if e.rerun => self.state = TaskState::Queued,
+            // A re-run waits for a slot again (a finished task is never
+            // re-run: an interruption recorded after its end changes nothing).
+            Event::TaskInterrupted(e) if e.rerun && self.state != TaskState::Done => {
+                self.state = TaskState::Queued
+            }
             Event::ContainerCreated(e) => self.container_id = Some(e.container_id.clone()),
             Event::ContainerStarted(e) => self.container_id = Some(e.container_id.clone()),
             Event::ContainerOutput(e) => {

@@ -24,6 +24,7 @@ pub mod markdown;
 pub mod oauth;
 pub mod parse;
 pub mod quotes;
+pub mod reply_sink;
 pub mod sink;
 pub mod source;
 pub mod tls;
