@@ -11,6 +11,7 @@
 //!
 //! The network parts live beside them: [`source`] (IMAP: record each mail
 //! durably, then delete it), [`sink`] (SMTP replies, at most once per key),
+//! [`reply_sink`] (the sink as the gateway's `ReplySink`),
 //! [`config`] (runtime settings from `repos.<id>.email`), [`oauth`]
 //! (Microsoft 365 tokens), [`tls`] and [`markdown`] (reply HTML).
 //! [`spawn`] starts a repo's channel. See doc/email.md for the rules in
