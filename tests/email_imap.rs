@@ -906,3 +906,35 @@ async fn a_missing_mailbox_is_failed_health() {
     );
     stop(channel, cancel).await;
 }
+
+#[tokio::test]
+async fn intake_goes_on_when_nobody_reads_the_notifications() {
+    let dovecot = Dovecot::start(DovecotOptions::default()).await;
+    let store = tempfile::tempdir().unwrap();
+    let log = open_log(store.path());
+    let settings = settings(
+        imap(dovecot.port, Security::Plain, ImapMode::Idle),
+        smtp(1, Security::Plain),
+        Trust::public(),
+    );
+    let (channel, cancel) = start(settings, &log);
+    let EmailChannel { inbound, task, .. } = channel;
+    drop(inbound);
+    for i in 0..3 {
+        let m = mail(
+            "alice@example.com",
+            &format!("unread{i}@example.com"),
+            "x",
+            "x",
+        );
+        dovecot.deliver(&m, None).await;
+    }
+    dovecot.wait_empty().await;
+    cancel.cancel();
+    timeout(PATIENCE, task).await.unwrap().unwrap();
+    let received = channel_events(&log)
+        .into_iter()
+        .filter(|e| matches!(e, Event::MessageReceived(_)))
+        .count();
+    assert_eq!(received, 3);
+}

@@ -47,8 +47,10 @@ pub use source::{HealthState, Intake, SourceHooks};
 /// A running email channel of one repo.
 pub struct EmailChannel {
     /// Accepted mail, each already recorded durably as `message.received`
-    /// (rejections are recorded and not sent here). After a restart, mail
-    /// recorded but not yet handled is found in the log, not here.
+    /// (rejections are recorded and not sent here). A notification only:
+    /// when nobody reads it (or it is full, 64) intake goes on, and the
+    /// log is where every accepted mail is found (also after a restart).
+    /// A reader that follows the log may drop this receiver.
     pub inbound: tokio::sync::mpsc::Receiver<Intake>,
     /// Sends replies.
     pub sink: EmailSink,

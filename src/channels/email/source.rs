@@ -458,9 +458,12 @@ impl Source {
                     event_id: appended.ids.first().copied().unwrap_or_default(),
                     message,
                 };
-                // The gateway may be gone (shutdown); the event is durable
-                // and it catches up from the log.
-                let _ = self.accepted.send(intake).await;
+                // A notification only: the event is durable, and a reader
+                // that is gone, slow or not listening catches up from the
+                // log. Never block intake on it.
+                if let Err(e) = self.accepted.try_send(intake) {
+                    tracing::debug!(error = %e, "accepted mail not passed on (nobody listening, or full); it is in the log");
+                }
             }
             Event::MessageRejected(e) => {
                 tracing::info!(uid, sender = %e.sender, reason = ?e.reason, detail = %e.detail, "mail rejected");
