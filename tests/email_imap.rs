@@ -758,3 +758,183 @@ async fn bench_idle_wake_latency_and_drain_rate() {
         n as f64 / secs
     );
 }
+
+#[tokio::test]
+async fn idle_is_reissued_and_mail_still_flows() {
+    let dovecot = Dovecot::start(DovecotOptions::default()).await;
+    let store = tempfile::tempdir().unwrap();
+    let log = open_log(store.path());
+    let mut s = (*settings(
+        imap(dovecot.port, Security::Plain, ImapMode::Idle),
+        smtp(1, Security::Plain),
+        Trust::public(),
+    ))
+    .clone();
+    s.imap.idle_timeout = Duration::from_millis(300);
+    let (mut channel, cancel) = start(Arc::new(s), &log);
+    wait_health(&mut channel.health, ChannelHealth::Healthy).await;
+    // Several IDLE rounds end by timeout (DONE, look again, IDLE again).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    dovecot
+        .deliver(
+            &mail("alice@example.com", "reissued@example.com", "Reissued", "x"),
+            None,
+        )
+        .await;
+    assert_eq!(next_intake(&mut channel).await.message.subject, "Reissued");
+    assert_eq!(channel.health.borrow().health, ChannelHealth::Healthy);
+    stop(channel, cancel).await;
+    let log_text = dovecot.logs();
+    assert!(!log_text.contains("Error"), "{log_text}");
+}
+
+/// A fake IMAP server that writes `script` to every connection, then
+/// reads until the client goes away (an empty script closes at once).
+async fn fake_imap(script: &'static [u8]) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                if script.is_empty() {
+                    return; // close at once
+                }
+                let _ = tcp.write_all(script).await;
+                let mut buf = [0u8; 1024];
+                while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_hostile_or_broken_server_degrades_health_without_a_panic() {
+    let store = tempfile::tempdir().unwrap();
+    let log = open_log(store.path());
+    for script in [
+        &b"garbage that is not IMAP\r\n"[..],
+        b"\x00\xff\xfe\r\n",
+        b"* BYE go away\r\n",
+        b"",
+        b"* OK ready\r\n",
+    ] {
+        let port = fake_imap(script).await;
+        let mut s = (*settings(
+            imap(port, Security::Plain, ImapMode::Idle),
+            smtp(1, Security::Plain),
+            Trust::public(),
+        ))
+        .clone();
+        if script == b"* OK ready\r\n" {
+            // A greeting, then silence: the login times out (bounded wait)
+            // only after CONNECT_TIMEOUT; a TLS handshake against plain
+            // text fails at once instead.
+            s.imap.security = Security::Tls;
+            s.imap.host = "localhost".to_owned();
+        }
+        let (mut channel, cancel) = start(Arc::new(s), &log);
+        let state = timeout(
+            PATIENCE,
+            channel
+                .health
+                .wait_for(|h| matches!(h.health, ChannelHealth::Degraded | ChannelHealth::Failed)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("no failure for {script:?}"))
+        .unwrap()
+        .clone();
+        assert!(
+            state.detail.contains("retrying in"),
+            "{script:?}: {}",
+            state.detail
+        );
+        assert!(channel.inbound.try_recv().is_err());
+        stop(channel, cancel).await;
+    }
+}
+
+#[tokio::test]
+async fn a_refused_oauth2_client_is_failed_health() {
+    let (url, _) = scripted_token_server(
+        400,
+        r#"{"error":"unauthorized_client","error_description":"AADSTS700016: Application not found."}"#,
+    )
+    .await;
+    let port = fake_imap(b"* OK [CAPABILITY IMAP4rev1 AUTH=XOAUTH2] ready\r\n").await;
+    let store = tempfile::tempdir().unwrap();
+    let log = open_log(store.path());
+    let mut s = (*settings(
+        imap(port, Security::Plain, ImapMode::Idle),
+        smtp(1, Security::Plain),
+        Trust::public(),
+    ))
+    .clone();
+    s.credentials = Credentials::OAuth2 {
+        username: USER.to_owned(),
+        tokens: token_source(url),
+    };
+    let (mut channel, cancel) = start(Arc::new(s), &log);
+    let state = wait_health(&mut channel.health, ChannelHealth::Failed).await;
+    assert!(state.detail.contains("AADSTS700016"), "{}", state.detail);
+    assert!(!state.detail.contains("s=cr&t"), "{}", state.detail);
+    stop(channel, cancel).await;
+}
+
+#[tokio::test]
+async fn a_missing_mailbox_is_failed_health() {
+    let dovecot = Dovecot::start(DovecotOptions::default()).await;
+    let store = tempfile::tempdir().unwrap();
+    let log = open_log(store.path());
+    let mut s = (*settings(
+        imap(dovecot.port, Security::Plain, ImapMode::Idle),
+        smtp(1, Security::Plain),
+        Trust::public(),
+    ))
+    .clone();
+    s.imap.mailbox = "Nope".to_owned();
+    let (mut channel, cancel) = start(Arc::new(s), &log);
+    let state = wait_health(&mut channel.health, ChannelHealth::Failed).await;
+    assert!(
+        state.detail.contains("cannot open mailbox Nope"),
+        "{}",
+        state.detail
+    );
+    stop(channel, cancel).await;
+}
+
+#[tokio::test]
+async fn intake_goes_on_when_nobody_reads_the_notifications() {
+    let dovecot = Dovecot::start(DovecotOptions::default()).await;
+    let store = tempfile::tempdir().unwrap();
+    let log = open_log(store.path());
+    let settings = settings(
+        imap(dovecot.port, Security::Plain, ImapMode::Idle),
+        smtp(1, Security::Plain),
+        Trust::public(),
+    );
+    let (channel, cancel) = start(settings, &log);
+    let EmailChannel { inbound, task, .. } = channel;
+    drop(inbound);
+    for i in 0..3 {
+        let m = mail(
+            "alice@example.com",
+            &format!("unread{i}@example.com"),
+            "x",
+            "x",
+        );
+        dovecot.deliver(&m, None).await;
+    }
+    dovecot.wait_empty().await;
+    cancel.cancel();
+    timeout(PATIENCE, task).await.unwrap().unwrap();
+    let received = channel_events(&log)
+        .into_iter()
+        .filter(|e| matches!(e, Event::MessageReceived(_)))
+        .count();
+    assert_eq!(received, 3);
+}

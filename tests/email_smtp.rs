@@ -292,8 +292,10 @@ fn stream_events(log: &Log) -> Vec<(Event, EventId, Option<EventId>)> {
 }
 
 fn header<'a>(m: &'a mail_parser::Message<'a>, name: &str) -> String {
+    // Unfolded (long headers are folded on the wire).
     m.header_raw(name)
         .unwrap_or_else(|| panic!("no {name} header"))
+        .replace("\r\n ", " ")
         .trim()
         .to_owned()
 }
@@ -680,4 +682,266 @@ async fn an_unreachable_server_is_a_recorded_failure() {
             .iter()
             .any(|(e, _, _)| matches!(e, Event::ReplyFailed(_)))
     );
+}
+
+#[tokio::test]
+async fn a_hostile_smtp_server_is_a_recorded_failure_not_a_panic() {
+    use tokio::io::AsyncReadExt as _;
+    let store = tempfile::tempdir().unwrap();
+    let log = Log::open(store.path(), LogOptions::default()).unwrap();
+    for (i, script) in [
+        &b"garbage\r\n"[..],
+        b"554 go away\r\n",
+        b"220 hi\r\n250 ok\r\n999 what\r\n",
+        b"\xff\xfe\x00\r\n",
+        b"",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                if script.is_empty() {
+                    continue; // close at once
+                }
+                let _ = tcp.write_all(script).await;
+                let mut buf = [0u8; 1024];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp.write_all(script).await;
+            }
+        });
+        let sink = sink_for(port, Security::Plain, Trust::public(), &log);
+        let outcome = sink
+            .send(reply(&format!("result:hostile-{i}")))
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, SendOutcome::Failed { .. }),
+            "{script:?}: {outcome:?}"
+        );
+    }
+    let failed = stream_events(&log)
+        .iter()
+        .filter(|(e, _, _)| matches!(e, Event::ReplyFailed(_)))
+        .count();
+    assert_eq!(failed, 5);
+}
+
+#[tokio::test]
+async fn non_ascii_subjects_bodies_and_file_names_survive_encoding() {
+    let receiver = Receiver::start(ReceiverOptions::default()).await;
+    let store = tempfile::tempdir().unwrap();
+    let log = Log::open(store.path(), LogOptions::default()).unwrap();
+    let sink = sink_for(receiver.port, Security::Plain, Trust::public(), &log);
+    let mut r = reply("result:unicode");
+    r.subject = "Naïve café — 日本語のテスト".to_owned();
+    r.body = "Grüße! Ünïcödé ✓\n\n| größe | 値 |\n|---|---|\n| 1 | 二 |\n".to_owned();
+    r.attachments.push(OutboundAttachment {
+        name: "résumé 日本.pdf".to_owned(),
+        content_type: "application/pdf".to_owned(),
+        data: b"%PDF-1.4".to_vec(),
+    });
+    assert!(matches!(
+        sink.send(r).await.unwrap(),
+        SendOutcome::Sent { .. }
+    ));
+    let got = &receiver.mails()[0];
+    assert!(got.data.is_ascii(), "the wire form is 7-bit");
+    let m = MessageParser::new().parse(&got.data).unwrap();
+    assert_eq!(
+        m.subject(),
+        Some("Re: [ID:1a2b3c4d] Naïve café — 日本語のテスト")
+    );
+    assert!(m.body_text(0).unwrap().contains("Grüße! Ünïcödé ✓"));
+    assert!(m.body_html(0).unwrap().contains("größe"));
+    let file = m.attachments().next().unwrap();
+    assert_eq!(file.attachment_name(), Some("résumé 日本.pdf"));
+}
+
+// === the sink as the gateway's ReplySink ===
+
+fn outgoing(
+    key: &str,
+    kind: ReplyKind,
+    attachments: Vec<std::path::PathBuf>,
+) -> airut::gateway::OutgoingReply {
+    airut::gateway::OutgoingReply {
+        key: key.to_owned(),
+        conversation: Some(conversation()),
+        task: Some(TaskId::new()),
+        kind,
+        to: "alice@example.com".to_owned(),
+        in_reply_to: "orig@example.com".to_owned(),
+        thread_keys: vec![
+            "a@example.com".to_owned(),
+            "<airut.1a2b3c4d.1.00000000@example.net>".to_owned(),
+        ],
+        subject: "Flaky test".to_owned(),
+        text: "Done.".to_owned(),
+        attachments,
+    }
+}
+
+#[tokio::test]
+async fn as_the_gateways_reply_sink_it_sends_and_leaves_recording_to_the_gateway() {
+    use airut::gateway::ReplySink;
+    let receiver = Receiver::start(ReceiverOptions::default()).await;
+    let store = tempfile::tempdir().unwrap();
+    let log = Log::open(store.path(), LogOptions::default()).unwrap();
+    let sink = sink_for(receiver.port, Security::Plain, Trust::public(), &log);
+    assert!(sink.channel_context().contains("/outbox"));
+
+    let outbox = tempfile::tempdir().unwrap();
+    std::fs::write(outbox.path().join("report.md"), "# Report\n").unwrap();
+    std::fs::write(outbox.path().join("data.json"), "{}").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", outbox.path().join("link")).unwrap();
+    let files = vec![
+        outbox.path().join("report.md"),
+        outbox.path().join("data.json"),
+        outbox.path().join("link"),
+        outbox.path().join("missing.txt"),
+    ];
+    let cause = EventId::new();
+    let delivered = ReplySink::send(
+        &sink,
+        outgoing(&cause.to_string(), ReplyKind::Result, files),
+    )
+    .await
+    .unwrap();
+    assert_eq!(delivered.attachments, ["report.md", "data.json"]);
+    assert!(
+        delivered.message_id.starts_with("<airut.1a2b3c4d."),
+        "{}",
+        delivered.message_id
+    );
+    let mails1 = receiver.mails();
+    let m = MessageParser::new().parse(&mails1[0].data).unwrap();
+    assert_eq!(
+        header(&m, "References"),
+        "<a@example.com> <airut.1a2b3c4d.1.00000000@example.net> <orig@example.com>"
+    );
+    let types: Vec<&str> = m
+        .attachments()
+        .map(|a| a.content_type().unwrap().subtype().unwrap_or(""))
+        .collect();
+    assert_eq!(types, ["plain", "json"]);
+    // Only reply.started: reply.sent is the gateway's to record.
+    let events = stream_events(&log);
+    assert_eq!(events.len(), 1, "{events:?}");
+    let (Event::ReplyStarted(started), _, causation) = &events[0] else {
+        panic!("{events:?}")
+    };
+    assert_eq!(started.message_id, delivered.message_id);
+    assert_eq!(causation, &Some(cause));
+
+    // The acknowledgement carries the dashboard link.
+    let ack = ReplySink::send(
+        &sink,
+        outgoing(
+            &EventId::new().to_string(),
+            ReplyKind::Acknowledgement,
+            vec![],
+        ),
+    )
+    .await
+    .unwrap();
+    let mails2 = receiver.mails();
+    let m = MessageParser::new().parse(&mails2[1].data).unwrap();
+    assert_eq!(header(&m, "Message-ID"), ack.message_id);
+    assert!(
+        m.body_text(0)
+            .unwrap()
+            .contains("https://airut.example/conversation/1a2b3c4d")
+    );
+}
+
+#[tokio::test]
+async fn as_reply_sink_a_refused_attempt_may_be_retried_an_interrupted_one_not() {
+    use airut::gateway::ReplySink;
+    let receiver = Receiver::start(ReceiverOptions {
+        data_answers: vec!["451 4.3.0 try later"],
+        ..Default::default()
+    })
+    .await;
+    let store = tempfile::tempdir().unwrap();
+    let log = Log::open(store.path(), LogOptions::default()).unwrap();
+    let sink = sink_for(receiver.port, Security::Plain, Trust::public(), &log);
+    let key = EventId::new().to_string();
+    let first = ReplySink::send(&sink, outgoing(&key, ReplyKind::Result, vec![])).await;
+    assert!(first.unwrap_err().message.contains("451"));
+    // The gateway's retry under the same key: sent, same Message-ID.
+    let second = ReplySink::send(&sink, outgoing(&key, ReplyKind::Result, vec![]))
+        .await
+        .unwrap();
+    assert_eq!(receiver.mails().len(), 1);
+    let started: Vec<String> = stream_events(&log)
+        .into_iter()
+        .filter_map(|(e, _, _)| match e {
+            Event::ReplyStarted(s) => Some(s.message_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started, std::slice::from_ref(&second.message_id));
+
+    // A new process (a new sink) asked for a key started before the
+    // restart: not sent again.
+    let log2 = log.clone();
+    let restarted = sink_for(receiver.port, Security::Plain, Trust::public(), &log2);
+    let crashed = EventId::new().to_string();
+    log.append(StreamAppend {
+        stream: conversation().stream(),
+        expected: ExpectedVersion::Any,
+        events: vec![NewEvent {
+            event: Event::ReplyStarted(ReplyStartedV1 {
+                conversation: conversation(),
+                task: None,
+                channel: "email".to_owned(),
+                kind: ReplyKind::Result,
+                key: crashed.clone(),
+                message_id: "<airut.1a2b3c4d.1.00000001@example.net>".to_owned(),
+            }),
+            causation: None,
+        }],
+    })
+    .await
+    .unwrap();
+    let e = ReplySink::send(&restarted, outgoing(&crashed, ReplyKind::Result, vec![]))
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("may or may not"), "{}", e.message);
+    assert_eq!(receiver.mails().len(), 1);
+}
+
+#[tokio::test]
+async fn a_reply_without_a_conversation_has_no_tag_and_no_airut_message_id() {
+    use airut::gateway::ReplySink;
+    let receiver = Receiver::start(ReceiverOptions::default()).await;
+    let store = tempfile::tempdir().unwrap();
+    let log = Log::open(store.path(), LogOptions::default()).unwrap();
+    let sink = sink_for(receiver.port, Security::Plain, Trust::public(), &log);
+    let mut out = outgoing(&EventId::new().to_string(), ReplyKind::Error, vec![]);
+    out.conversation = None;
+    let delivered = ReplySink::send(&sink, out).await.unwrap();
+    assert!(
+        delivered.message_id.starts_with("<reply."),
+        "{}",
+        delivered.message_id
+    );
+    let mails3 = receiver.mails();
+    let m = MessageParser::new().parse(&mails3[0].data).unwrap();
+    assert_eq!(header(&m, "Subject"), "Re: Flaky test");
+    let answer = format!(
+        "From: alice@example.com\r\nIn-Reply-To: {}\r\n\r\nx\r\n",
+        delivered.message_id
+    );
+    assert!(
+        parse(answer.as_bytes(), &ParseContext::for_test())
+            .unwrap()
+            .conversation
+            .is_none()
+    );
+    let channel_stream = StreamId::channel(&RepoId("widgets".to_owned()), "email");
+    assert_eq!(log.stream_iter(&channel_stream, 1).count(), 1);
 }

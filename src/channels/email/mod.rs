@@ -11,6 +11,7 @@
 //!
 //! The network parts live beside them: [`source`] (IMAP: record each mail
 //! durably, then delete it), [`sink`] (SMTP replies, at most once per key),
+//! [`reply_sink`] (the sink as the gateway's `ReplySink`),
 //! [`config`] (runtime settings from `repos.<id>.email`), [`oauth`]
 //! (Microsoft 365 tokens), [`tls`] and [`markdown`] (reply HTML).
 //! [`spawn`] starts a repo's channel. See doc/email.md for the rules in
@@ -24,6 +25,7 @@ pub mod markdown;
 pub mod oauth;
 pub mod parse;
 pub mod quotes;
+pub mod reply_sink;
 pub mod sink;
 pub mod source;
 pub mod tls;
@@ -45,8 +47,10 @@ pub use source::{HealthState, Intake, SourceHooks};
 /// A running email channel of one repo.
 pub struct EmailChannel {
     /// Accepted mail, each already recorded durably as `message.received`
-    /// (rejections are recorded and not sent here). After a restart, mail
-    /// recorded but not yet handled is found in the log, not here.
+    /// (rejections are recorded and not sent here). A notification only:
+    /// when nobody reads it (or it is full, 64) intake goes on, and the
+    /// log is where every accepted mail is found (also after a restart).
+    /// A reader that follows the log may drop this receiver.
     pub inbound: tokio::sync::mpsc::Receiver<Intake>,
     /// Sends replies.
     pub sink: EmailSink,

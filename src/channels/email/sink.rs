@@ -34,7 +34,7 @@ use super::source::CHANNEL;
 use crate::config::email::Security;
 use crate::events::{
     ConversationId, Event, EventId, EventType, MessageReceivedV1, ReplyFailedV1, ReplyKind,
-    ReplySentV1, ReplyStartedV1, TaskId,
+    ReplySentV1, ReplyStartedV1, StreamId, TaskId,
 };
 use crate::log::{ExpectedVersion, Log, NewEvent, StreamAppend};
 
@@ -54,8 +54,9 @@ pub struct OutboundReply {
     /// Idempotency key: one mail per key, ever (e.g. `ack:<message event id>`,
     /// `result:<task id>`).
     pub key: String,
-    /// The conversation (names the subject tag and our Message-ID).
-    pub conversation: ConversationId,
+    /// The conversation (names the subject tag and our Message-ID); none
+    /// for a mail answered before a conversation exists (a dismissal).
+    pub conversation: Option<ConversationId>,
     /// The task it answers, if any.
     pub task: Option<TaskId>,
     /// Acknowledgement, result or error.
@@ -121,6 +122,9 @@ pub struct SinkError(pub String);
 pub struct EmailSink {
     settings: Arc<EmailSettings>,
     log: Log,
+    /// Keys whose last attempt in this process failed for sure (the server
+    /// refused it): the gateway may retry those under the same key.
+    refused: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// `Auto-Submitted: auto-replied` (RFC 3834): tells mail systems (and
@@ -133,12 +137,16 @@ struct AutoSubmitted;
 impl EmailSink {
     /// A sink sending with `settings`, recording in `log`.
     pub fn new(settings: Arc<EmailSettings>, log: Log) -> Self {
-        EmailSink { settings, log }
+        EmailSink {
+            settings,
+            log,
+            refused: Arc::default(),
+        }
     }
 
     /// Sends `reply` at most once under its key, recording the outcome.
     pub async fn send(&self, reply: OutboundReply) -> Result<SendOutcome, SinkError> {
-        let stream = reply.conversation.stream();
+        let stream = self.stream(&reply);
         let prior = self.prior(&reply).await?;
         match prior {
             Prior::Sent(message_id) => return Ok(SendOutcome::AlreadySent { message_id }),
@@ -155,7 +163,7 @@ impl EmailSink {
         }
         let message_id = self.message_id(&reply);
         let started = Event::ReplyStarted(ReplyStartedV1 {
-            conversation: reply.conversation,
+            conversation: reply.conversation.unwrap_or(ConversationId(0)),
             task: reply.task,
             channel: CHANNEL.to_owned(),
             kind: reply.kind.clone(),
@@ -199,7 +207,7 @@ impl EmailSink {
         match result {
             Ok(()) => {
                 let sent = Event::ReplySent(ReplySentV1 {
-                    conversation: reply.conversation,
+                    conversation: reply.conversation.unwrap_or(ConversationId(0)),
                     task: reply.task,
                     channel: CHANNEL.to_owned(),
                     kind: reply.kind.clone(),
@@ -221,6 +229,109 @@ impl EmailSink {
                 Ok(SendOutcome::Failed { error })
             }
         }
+    }
+
+    /// Sends `reply` without recording its outcome (the caller records
+    /// `reply.sent` / `reply.failed`, as the gateway does), at most once
+    /// per key: `reply.started` is appended before the first attempt; a
+    /// retry is sent only after an attempt this process saw refused; a key
+    /// started by an earlier process (interrupted mid-send) is not sent
+    /// again. The error is the text to record.
+    pub async fn deliver(&self, reply: OutboundReply) -> Result<crate::gateway::Delivered, String> {
+        let prior = self.started_for(&reply).await.map_err(|e| e.to_string())?;
+        let was_refused = self
+            .refused
+            .lock()
+            .map(|set| set.contains(&reply.key))
+            .unwrap_or(false);
+        let message_id = match prior {
+            Some(_) if !was_refused => {
+                return Err("an earlier attempt to send this reply was interrupted by a restart;                             it may or may not have been delivered, and is not sent again"
+                    .to_owned());
+            }
+            Some(message_id) => message_id,
+            None => {
+                let message_id = self.message_id(&reply);
+                let started = Event::ReplyStarted(ReplyStartedV1 {
+                    conversation: reply.conversation.unwrap_or(ConversationId(0)),
+                    task: reply.task,
+                    channel: CHANNEL.to_owned(),
+                    kind: reply.kind.clone(),
+                    key: reply.key.clone(),
+                    message_id: message_id.clone(),
+                });
+                self.log
+                    .append(StreamAppend {
+                        stream: self.stream(&reply),
+                        expected: ExpectedVersion::Any,
+                        events: vec![NewEvent {
+                            event: started,
+                            causation: reply.causation,
+                        }],
+                    })
+                    .await
+                    .map_err(|e| format!("event log: {e}"))?;
+                message_id
+            }
+        };
+        let refused = |key: &str| {
+            if let Ok(mut set) = self.refused.lock() {
+                set.insert(key.to_owned());
+            }
+        };
+        let message = match self.build(&reply, &message_id) {
+            Ok(m) => m,
+            Err(e) => {
+                refused(&reply.key);
+                return Err(e);
+            }
+        };
+        match self.smtp_send(&message).await {
+            Ok(()) => {
+                if let Ok(mut set) = self.refused.lock() {
+                    set.remove(&reply.key);
+                }
+                tracing::info!(key = %reply.key, message_id = %message_id, "reply sent");
+                Ok(crate::gateway::Delivered {
+                    message_id,
+                    attachments: reply.attachments.iter().map(|a| a.name.clone()).collect(),
+                })
+            }
+            Err((error, _)) => {
+                refused(&reply.key);
+                Err(error)
+            }
+        }
+    }
+
+    /// The dashboard's base URL, for links in acknowledgements.
+    pub fn dashboard_url(&self) -> Option<&str> {
+        self.settings.dashboard_url.as_deref()
+    }
+
+    /// The Message-ID of an earlier `reply.started` for this key, if any.
+    async fn started_for(&self, reply: &OutboundReply) -> Result<Option<String>, SinkError> {
+        let log = self.log.clone();
+        let stream = self.stream(reply);
+        let key = reply.key.clone();
+        tokio::task::spawn_blocking(move || {
+            for record in log.stream_iter(&stream, 1) {
+                let record = record.map_err(|e| SinkError(e.to_string()))?;
+                if record.header.event_type != EventType::ReplyStarted.code() {
+                    continue;
+                }
+                if let Event::ReplyStarted(e) =
+                    record.decode().map_err(|e| SinkError(e.to_string()))?
+                    && e.key == key
+                    && e.channel == CHANNEL
+                {
+                    return Ok(Some(e.message_id));
+                }
+            }
+            Ok(None)
+        })
+        .await
+        .map_err(|e| SinkError(format!("reading the conversation failed: {e}")))?
     }
 
     /// The mail for `reply` as it would be sent (for tests and previews).
@@ -270,6 +381,15 @@ impl EmailSink {
             .map_err(|e| format!("cannot build the mail: {e}"))
     }
 
+    /// The stream a reply's events go to: its conversation's, else the
+    /// channel's.
+    fn stream(&self, reply: &OutboundReply) -> StreamId {
+        reply
+            .conversation
+            .map(|c| c.stream())
+            .unwrap_or_else(|| StreamId::channel(&self.settings.repo, CHANNEL))
+    }
+
     /// Our Message-ID for this reply: `<airut.<conv>.<unix>.<nonce>@<domain>>`,
     /// the nonce derived from the key.
     fn message_id(&self, reply: &OutboundReply) -> String {
@@ -288,7 +408,11 @@ impl EmailSink {
             "" => "localhost",
             d => d,
         };
-        format!("<airut.{}.{now}.{nonce}@{domain}>", reply.conversation)
+        match reply.conversation {
+            Some(c) => format!("<airut.{c}.{now}.{nonce}@{domain}>"),
+            // Not of airut's form: a reply to it must not name a conversation.
+            None => format!("<reply.{now}.{nonce}@{domain}>"),
+        }
     }
 
     async fn smtp_send(&self, message: &Message) -> Result<(), (String, bool)> {
@@ -362,7 +486,7 @@ impl EmailSink {
     ) -> Result<(), SinkError> {
         self.log
             .append(StreamAppend {
-                stream: reply.conversation.stream(),
+                stream: self.stream(reply),
                 expected: ExpectedVersion::Any,
                 events: vec![NewEvent {
                     event,
@@ -382,7 +506,7 @@ impl EmailSink {
         attempts: u32,
     ) -> Result<(), SinkError> {
         let failed = Event::ReplyFailed(ReplyFailedV1 {
-            conversation: reply.conversation,
+            conversation: reply.conversation.unwrap_or(ConversationId(0)),
             task: reply.task,
             channel: CHANNEL.to_owned(),
             kind: reply.kind.clone(),
@@ -395,7 +519,7 @@ impl EmailSink {
     /// What the log says about this key already.
     async fn prior(&self, reply: &OutboundReply) -> Result<Prior, SinkError> {
         let log = self.log.clone();
-        let stream = reply.conversation.stream();
+        let stream = self.stream(reply);
         let key = reply.key.clone();
         tokio::task::spawn_blocking(move || {
             let mut started: Option<(EventId, String)> = None;
@@ -469,7 +593,7 @@ impl OutboundReply {
     ) -> Self {
         OutboundReply {
             key: key.into(),
-            conversation,
+            conversation: Some(conversation),
             task,
             kind,
             to: to.sender.clone(),
@@ -543,7 +667,7 @@ pub fn thread_of(m: &MessageReceivedV1) -> Vec<String> {
 
 /// `Re: [ID:<conv>] <subject>`: leading `Re:` runs removed, the tag added
 /// unless present; never a line break.
-pub fn reply_subject(subject: &str, conversation: ConversationId) -> String {
+pub fn reply_subject(subject: &str, conversation: Option<ConversationId>) -> String {
     let mut rest = subject.trim();
     loop {
         let lower = rest.get(..3).map(str::to_ascii_lowercase);
@@ -557,6 +681,13 @@ pub fn reply_subject(subject: &str, conversation: ConversationId) -> String {
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(900)
         .collect();
+    let Some(conversation) = conversation else {
+        return if clean.is_empty() {
+            "Re:".to_owned()
+        } else {
+            format!("Re: {clean}")
+        };
+    };
     let tag = format!("[ID:{conversation}]");
     if clean.contains(&tag) {
         format!("Re: {clean}")
@@ -658,7 +789,9 @@ mod tests {
 
     #[test]
     fn subjects() {
-        let c = ConversationId(0x1a2b3c4d);
+        let c = Some(ConversationId(0x1a2b3c4d));
+        assert_eq!(reply_subject("Re: Fix it", None), "Re: Fix it");
+        assert_eq!(reply_subject("", None), "Re:");
         assert_eq!(reply_subject("Fix it", c), "Re: [ID:1a2b3c4d] Fix it");
         assert_eq!(
             reply_subject("RE: re: Fix it", c),

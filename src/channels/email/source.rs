@@ -100,6 +100,10 @@ pub enum SourceError {
     /// The server did not answer in time.
     #[error("{0} timed out after {1} s")]
     Timeout(&'static str, u64),
+    /// The mailbox cannot be selected (it does not exist, or no access):
+    /// an operator must fix `imap.mailbox` (health `failed`; retried anyway).
+    #[error("cannot open mailbox {0}")]
+    Mailbox(String),
     /// The log refused an append (closed or poisoned): nothing can be
     /// recorded, so nothing is deleted.
     #[error("event log: {0}")]
@@ -201,7 +205,9 @@ impl Source {
                         delay = BACKOFF_MIN;
                     }
                     let health = match e {
-                        SourceError::Login(_) | SourceError::Log(_) => ChannelHealth::Failed,
+                        SourceError::Login(_) | SourceError::Mailbox(_) | SourceError::Log(_) => {
+                            ChannelHealth::Failed
+                        }
                         _ => ChannelHealth::Degraded,
                     };
                     tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "IMAP session ended; reconnecting");
@@ -274,11 +280,16 @@ impl Source {
         let mut session = self
             .cancellable(CONNECT_TIMEOUT, "connect", connect(&self.settings))
             .await??;
-        *connected = true;
         let mailbox = self
             .cancellable(COMMAND_TIMEOUT, "SELECT", session.select(&imap.mailbox))
             .await?
-            .map_err(imap_err)?;
+            .map_err(|e| match e {
+                async_imap::error::Error::No(m) => {
+                    SourceError::Mailbox(format!("{}: {m}", imap.mailbox))
+                }
+                other => imap_err(other),
+            })?;
+        *connected = true;
         let uidvalidity = mailbox.uid_validity.unwrap_or(0);
         let caps = self
             .cancellable(COMMAND_TIMEOUT, "CAPABILITY", session.capabilities())
@@ -447,9 +458,12 @@ impl Source {
                     event_id: appended.ids.first().copied().unwrap_or_default(),
                     message,
                 };
-                // The gateway may be gone (shutdown); the event is durable
-                // and it catches up from the log.
-                let _ = self.accepted.send(intake).await;
+                // A notification only: the event is durable, and a reader
+                // that is gone, slow or not listening catches up from the
+                // log. Never block intake on it.
+                if let Err(e) = self.accepted.try_send(intake) {
+                    tracing::debug!(error = %e, "accepted mail not passed on (nobody listening, or full); it is in the log");
+                }
             }
             Event::MessageRejected(e) => {
                 tracing::info!(uid, sender = %e.sender, reason = ?e.reason, detail = %e.detail, "mail rejected");
@@ -685,6 +699,16 @@ async fn connect(settings: &EmailSettings) -> Result<ImapSession, SourceError> {
         .await
         .map_err(conn)?;
     let _ = tcp.set_nodelay(true);
+    // A connection that dies silently (a NAT forgetting it) would otherwise
+    // go unnoticed until IDLE is re-issued; keepalive probes find it within
+    // about three minutes.
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(30))
+        .with_retries(4);
+    if let Err(e) = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "cannot enable TCP keepalive");
+    }
     let tls_setup = || -> Result<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>), SourceError> {
         let config = settings
             .trust
@@ -740,10 +764,21 @@ async fn connect(settings: &EmailSettings) -> Result<ImapSession, SourceError> {
     }
 }
 
-/// Reads the server greeting.
+/// Reads the server greeting: `* OK` (or `* PREAUTH`); anything else
+/// (`* BYE`, junk) ends the attempt.
 async fn greeted(mut client: Client<ImapStream>) -> Result<Client<ImapStream>, SourceError> {
+    use async_imap::imap_proto::{Response, Status};
     match client.read_response().await {
-        Ok(Some(_)) => Ok(client),
+        Ok(Some(greeting)) => match greeting.parsed() {
+            Response::Data {
+                status: Status::Ok | Status::PreAuth,
+                ..
+            } => Ok(client),
+            other => Err(SourceError::Connection(format!(
+                "unexpected greeting: {}",
+                format!("{other:?}").chars().take(200).collect::<String>()
+            ))),
+        },
         Ok(None) => Err(SourceError::Connection(
             "the server closed the connection before its greeting".to_owned(),
         )),
