@@ -71,18 +71,18 @@ pub async fn run(requests: usize, concurrency: usize, seconds: u64) -> anyhow::R
     network
         .upstream_overrides
         .insert(HOST.to_owned(), upstream.url.clone());
+    let spec = |socket: &Path| TaskSpec {
+        task: TaskId::new(),
+        stream: ConversationId(0xbe0c4000).stream(),
+        socket: socket.to_owned(),
+        allowlist: Allowlist::parse(format!("domains: [{HOST}]").as_bytes()),
+        network: network.clone(),
+        limits: Limits::default(),
+    };
     let socket = dir.path().join("proxy.sock");
-    let proxy = spawn_task(
-        TaskSpec {
-            task: TaskId::new(),
-            stream: ConversationId(0xbe0c4000).stream(),
-            socket: socket.clone(),
-            allowlist: Allowlist::parse(format!("domains: [{HOST}]").as_bytes()),
-            network,
-            limits: Limits::default(),
-        },
-        audit,
-    )?;
+    let proxy = spawn_task(spec(&socket), audit)?;
+    let quiet_socket = dir.path().join("quiet.sock");
+    let quiet = spawn_task(spec(&quiet_socket), AuditSink::discarding())?;
     let upstream_ca = std::fs::read_to_string(&upstream.ca_file)?;
     let direct = Target::Direct {
         addr: upstream.addr,
@@ -115,6 +115,16 @@ pub async fn run(requests: usize, concurrency: usize, seconds: u64) -> anyhow::R
         "throughput (keep-alive, {concurrency} connections): direct {direct_rps:.0} req/s, through the proxy {proxy_rps:.0} req/s: {:.0}% of direct (goal >= 50%)",
         100.0 * proxy_rps / direct_rps
     );
+    let quiet_via = Target::Proxy {
+        socket: Arc::from(quiet_socket.as_path()),
+        tls: client_tls(quiet.ca_certificate_pem(), &[b"http/1.1"])?,
+    };
+    let quiet_rps = throughput(&quiet_via, concurrency, dur).await?;
+    println!(
+        "  for scale: through the proxy with audit events discarded {quiet_rps:.0} req/s ({:.0}% of direct): the audit log's share",
+        100.0 * quiet_rps / direct_rps
+    );
+    quiet.shutdown().await;
     proxy.shutdown().await;
     drop(upstream);
     let _ = writer.await;
