@@ -68,6 +68,9 @@ pub struct Limits {
     /// Reading a request's headers (slow-loris guard), also between
     /// keep-alive requests.
     pub header_timeout: Duration,
+    /// Longest pause in a request body before the request is dropped
+    /// (408): a body trickled slowly is a slow-loris too.
+    pub body_idle_timeout: Duration,
     /// Open connections at once.
     pub max_connections: usize,
     /// How long shutdown waits for open connections.
@@ -124,6 +127,7 @@ impl Default for Limits {
         Limits {
             handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(30),
+            body_idle_timeout: Duration::from_secs(30),
             max_connections: 512,
             grace: Duration::from_secs(5),
         }
