@@ -686,7 +686,7 @@ async fn hosts_resolving_to_loopback_are_not_reached() {
     assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
     let ev = h.next_request().await;
     assert_eq!(ev.decision, Decision::Failed);
-    assert!(ev.reason.unwrap().contains("local addresses"));
+    assert!(ev.reason.unwrap().contains("local or private addresses"));
     h.shutdown().await;
 }
 
