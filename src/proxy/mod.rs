@@ -172,6 +172,15 @@ pub fn spawn_task(spec: TaskSpec, audit: AuditSink) -> Result<TaskProxy, ProxyEr
         // the socket's directory is what keeps other local users out.
         std::fs::set_permissions(&spec.socket, std::fs::Permissions::from_mode(0o666))
             .map_err(socket_err)?;
+        let parent = spec.socket.parent().unwrap_or(Path::new("/"));
+        if let Ok(meta) = std::fs::metadata(parent)
+            && meta.permissions().mode() & 0o007 != 0
+        {
+            tracing::warn!(
+                dir = %parent.display(),
+                "the task socket's directory is open to other users: any local user could send requests through this task's proxy (with its credentials); make it 0700"
+            );
+        }
     }
     let state = Arc::new(TaskState {
         task: spec.task,
