@@ -686,7 +686,7 @@ async fn hosts_resolving_to_loopback_are_not_reached() {
     assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
     let ev = h.next_request().await;
     assert_eq!(ev.decision, Decision::Failed);
-    assert!(ev.reason.unwrap().contains("local addresses"));
+    assert!(ev.reason.unwrap().contains("local or private addresses"));
     h.shutdown().await;
 }
 
@@ -907,5 +907,32 @@ async fn websocket_upgrades_are_checked_then_spliced() {
     drop(io);
     let ev = h.next_request().await;
     assert_eq!((ev.decision, ev.status), (Decision::Allowed, Some(101)));
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn stalled_request_body_is_dropped() {
+    let mut h = harness("domains: [\"*\"]", |_, l| {
+        l.body_idle_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut sock = dial(&h.socket(), 80).await.unwrap();
+    sock.write_all(
+        b"POST /slow HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: 100\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    // Then nothing: the proxy gives up on the body (wide margin).
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(30), sock.read(&mut buf))
+        .await
+        .expect("the stalled request was never answered")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    let ev = h.next_request().await;
+    assert_eq!(ev.decision, Decision::Blocked);
+    assert_eq!(ev.reason.as_deref(), Some("request body stalled"));
+    assert_eq!(ev.bytes_in, 10);
     h.shutdown().await;
 }

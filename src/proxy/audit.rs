@@ -35,6 +35,14 @@ impl AuditSink {
         (AuditSink { tx }, handle)
     }
 
+    /// A sink that drops every event (benchmarks measure the audit's share
+    /// with it; never used for a real task).
+    pub fn discarding() -> AuditSink {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(StreamId, Event)>();
+        tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        AuditSink { tx }
+    }
+
     /// Queues one event for `stream`. Never waits.
     pub fn record(&self, stream: &StreamId, event: Event) {
         if self.tx.send((stream.clone(), event)).is_err() {

@@ -82,11 +82,17 @@ impl tower_service::Service<Name> for PublicResolver {
         Box::pin(async move {
             let host = name.as_str().to_owned();
             let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let public: Vec<SocketAddr> = all.into_iter().filter(|a| !is_local(a.ip())).collect();
+            let own = own_addresses().await;
+            let public: Vec<SocketAddr> = all
+                .into_iter()
+                .filter(|a| !is_local(a.ip()) && !own.contains(&a.ip()))
+                .collect();
             if public.is_empty() {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::PermissionDenied,
-                    format!("{host} resolves only to local addresses (loopback, link-local)"),
+                    format!(
+                        "{host} resolves only to local or private addresses (loopback, link-local, private ranges, this machine's own)"
+                    ),
                 ));
             }
             Ok(public.into_iter())
@@ -95,21 +101,73 @@ impl tower_service::Service<Name> for PublicResolver {
 }
 
 /// Loopback, unspecified, link-local (incl. cloud metadata 169.254/16),
-/// and IPv4-mapped forms of them.
+/// private (10/8, 172.16/12, 192.168/16, 100.64/10 shared, fc00::/7 unique
+/// local), and IPv4-mapped forms of them. Internal services are reached
+/// through an upstream override, chosen by the operator, never by a name
+/// the agent picks.
 pub fn is_local(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            v4.is_loopback() || v4.is_unspecified() || v4.is_link_local() || v4.is_broadcast()
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_unspecified()
+                || v4.is_link_local()
+                || v4.is_broadcast()
+                || v4.is_private()
+                || (a == 100 && (64..128).contains(&b))
         }
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => is_local(IpAddr::V4(v4)),
             None => {
+                let first = v6.segments().first().copied().unwrap_or(0);
                 v6.is_loopback()
                     || v6.is_unspecified()
-                    || (v6.segments().first().copied().unwrap_or(0) & 0xffc0) == 0xfe80
+                    || (first & 0xffc0) == 0xfe80
+                    || (first & 0xfe00) == 0xfc00
             }
         },
     }
+}
+
+/// The addresses of this machine's own interfaces (Linux: from /proc), so
+/// a public name pointing at the airut host is refused like loopback.
+async fn own_addresses() -> Vec<IpAddr> {
+    let v4 = tokio::fs::read_to_string("/proc/net/fib_trie")
+        .await
+        .unwrap_or_default();
+    let v6 = tokio::fs::read_to_string("/proc/net/if_inet6")
+        .await
+        .unwrap_or_default();
+    let mut out = parse_fib_trie(&v4);
+    out.extend(parse_if_inet6(&v6));
+    out
+}
+
+/// `|-- A.B.C.D` followed by `/32 host LOCAL`: a local IPv4 address.
+fn parse_fib_trie(text: &str) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut last: Option<IpAddr> = None;
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(ip) = t.strip_prefix("|-- ") {
+            last = ip.parse().ok();
+        } else if t.starts_with("/32 host LOCAL")
+            && let Some(ip) = last
+            && !out.contains(&ip)
+        {
+            out.push(ip);
+        }
+    }
+    out
+}
+
+/// The first column of each line: 32 hex digits.
+fn parse_if_inet6(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|hex| u128::from_str_radix(hex, 16).ok())
+        .map(|n| IpAddr::V6(std::net::Ipv6Addr::from(n)))
+        .collect()
 }
 
 // === impl Upstream ===
@@ -225,9 +283,44 @@ mod tests {
         ] {
             assert!(is_local(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["93.184.216.34", "10.0.0.1", "2001:db8::1", "::ffff:8.8.8.8"] {
+        for ip in [
+            "10.0.0.1",
+            "172.16.5.4",
+            "192.168.1.1",
+            "100.64.0.1",
+            "fd00::2",
+            "::ffff:10.1.1.1",
+        ] {
+            assert!(is_local(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "93.184.216.34",
+            "100.128.0.1",
+            "172.32.0.1",
+            "2001:db8::1",
+            "::ffff:8.8.8.8",
+        ] {
             assert!(!is_local(ip.parse().unwrap()), "{ip}");
         }
+    }
+
+    #[test]
+    fn own_addresses_are_read_from_proc() {
+        let fib = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 127.0.0.1\n        /32 host LOCAL\n     |-- 192.0.2.2\n        /32 host LOCAL\n     |-- 192.0.2.255\n        /32 link BROADCAST\nLocal:\n     |-- 192.0.2.2\n        /32 host LOCAL\n";
+        let v4 = parse_fib_trie(fib);
+        assert_eq!(
+            v4,
+            vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from([192, 0, 2, 2])]
+        );
+        let v6 = parse_if_inet6("fd000000000000000000000000000002 04 40 00 82     eth0\nzz\n");
+        assert_eq!(v6, vec!["fd00::2".parse::<IpAddr>().unwrap()]);
+        assert!(parse_fib_trie("garbage\n|-- nope\n/32 host LOCAL").is_empty());
+    }
+
+    #[tokio::test]
+    async fn this_machine_has_own_addresses() {
+        // Loopback at least, on Linux.
+        assert!(own_addresses().await.iter().any(|ip| ip.is_loopback()));
     }
 
     #[test]

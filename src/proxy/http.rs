@@ -14,6 +14,7 @@
 //! too slow. Called by `accept.rs` through hyper's service function.
 
 use std::convert::Infallible;
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -56,6 +57,7 @@ struct Counters {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     too_large: AtomicBool,
+    stalled: AtomicBool,
 }
 
 /// The request body forwarded upstream: counts bytes, enforces the cap.
@@ -63,6 +65,11 @@ pub struct ReqBody {
     inner: Incoming,
     counters: Arc<Counters>,
     cap: u64,
+    /// Longest wait for the client's next body bytes.
+    idle_timeout: std::time::Duration,
+    /// Armed only while the client keeps us waiting (no timer for bodies
+    /// that arrive at once).
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// A response body that records the request's audit event on drop.
@@ -108,7 +115,23 @@ impl Body for ReqBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if polled.is_pending() {
+            let timeout = this.idle_timeout;
+            let idle = this
+                .idle
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+            if idle.as_mut().poll(cx).is_ready() {
+                this.counters.stalled.store(true, Ordering::Relaxed);
+                return Poll::Ready(Some(Err("request body stalled".into())));
+            }
+            return Poll::Pending;
+        }
+        if let Some(idle) = this.idle.as_mut() {
+            idle.as_mut()
+                .reset(tokio::time::Instant::now() + this.idle_timeout);
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     let n = this
@@ -434,6 +457,8 @@ async fn pipeline(
         inner: body,
         counters: Arc::clone(&rec.counters),
         cap,
+        idle_timeout: task.limits.body_idle_timeout,
+        idle: None,
     };
     let fwd = Request::from_parts(parts, body);
     let up = &task.upstream;
@@ -457,6 +482,15 @@ async fn pipeline(
         Ok(Err(e)) => {
             if rec.counters.too_large.load(Ordering::Relaxed) {
                 return Err(too_large(cap));
+            }
+            if rec.counters.stalled.load(Ordering::Relaxed) {
+                return Err(Reject {
+                    status: StatusCode::REQUEST_TIMEOUT,
+                    decision: Decision::Blocked,
+                    body: serde_json::json!({"error": "request_body_stalled",
+                        "message": format!("no request body bytes for {:?}", task.limits.body_idle_timeout)}),
+                    reason: "request body stalled".to_owned(),
+                });
             }
             let reason = error_chain(&e);
             return Err(Reject {

@@ -68,6 +68,9 @@ pub struct Limits {
     /// Reading a request's headers (slow-loris guard), also between
     /// keep-alive requests.
     pub header_timeout: Duration,
+    /// Longest pause in a request body before the request is dropped
+    /// (408): a body trickled slowly is a slow-loris too.
+    pub body_idle_timeout: Duration,
     /// Open connections at once.
     pub max_connections: usize,
     /// How long shutdown waits for open connections.
@@ -124,6 +127,7 @@ impl Default for Limits {
         Limits {
             handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(30),
+            body_idle_timeout: Duration::from_secs(30),
             max_connections: 512,
             grace: Duration::from_secs(5),
         }
@@ -168,6 +172,15 @@ pub fn spawn_task(spec: TaskSpec, audit: AuditSink) -> Result<TaskProxy, ProxyEr
         // the socket's directory is what keeps other local users out.
         std::fs::set_permissions(&spec.socket, std::fs::Permissions::from_mode(0o666))
             .map_err(socket_err)?;
+        let parent = spec.socket.parent().unwrap_or(Path::new("/"));
+        if let Ok(meta) = std::fs::metadata(parent)
+            && meta.permissions().mode() & 0o007 != 0
+        {
+            tracing::warn!(
+                dir = %parent.display(),
+                "the task socket's directory is open to other users: any local user could send requests through this task's proxy (with its credentials); make it 0700"
+            );
+        }
     }
     let state = Arc::new(TaskState {
         task: spec.task,

@@ -281,3 +281,48 @@ fn answer(q: &[u8]) -> Option<(Vec<u8>, Option<(u16, Vec<u8>)>)> {
     }
     Some((r, Some((qtype, name))))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::answer;
+
+    #[test]
+    fn hostile_dns_messages_never_panic() {
+        // Every prefix of a valid query, and pseudo-random junk.
+        let mut q = vec![
+            0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'a', 0, 0, 1, 0, 1,
+        ];
+        for n in 0..q.len() {
+            let _ = answer(&q[..n]);
+        }
+        let mut x: u32 = 0x9e37_79b9;
+        for _ in 0..20_000 {
+            for b in q.iter_mut().skip(2) {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                *b = x as u8;
+            }
+            let _ = answer(&q);
+        }
+    }
+
+    #[test]
+    fn a_gets_loopback_other_types_nothing_responses_ignored() {
+        let mut q = vec![
+            0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'x', 0, 0, 1, 0, 1,
+        ];
+        let (r, report) = answer(&q).unwrap();
+        assert_eq!(&r[r.len() - 4..], &[127, 0, 0, 1]);
+        assert_eq!(report, Some((1, b"x".to_vec())));
+        q[16] = 28;
+        let (r, _) = answer(&q).unwrap();
+        assert_eq!(u16::from_be_bytes([r[6], r[7]]), 0);
+        q[2] |= 0x80; // a response
+        assert!(answer(&q).is_none());
+        let mut notify = q.clone();
+        notify[2] = 0x20; // opcode 4 (NOTIFY)
+        let (r, report) = answer(&notify).unwrap();
+        assert_eq!((r[3] & 0x0f, report), (4, None));
+    }
+}
