@@ -18,5 +18,6 @@ pub mod log;
 pub mod migrations;
 pub mod projections;
 pub mod proxy;
+pub mod runtime;
 pub mod sandbox;
 pub mod workspace;

@@ -4,6 +4,7 @@
 mod cli;
 mod dashboard;
 mod dashboard_browser;
+mod e2e;
 mod email;
 mod email_imap;
 mod email_smtp;

@@ -125,16 +125,24 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     });
 
     // The gateway boots after the dashboard serves, so its progress shows.
-    // Channels and the sandbox runner are plugged into each setup here as
-    // they land; until then every repo boots as not serving, with the
-    // reason in `repo.booted`.
-    let setups = crate::gateway::repo_setups(cfg);
+    // Each repo gets its workspace, sandbox runner and channels
+    // (src/runtime); a part that cannot start leaves its repo not serving,
+    // with the reason in `repo.booted`.
     let gateway_cfg = GatewayConfig::from(&cfg.execution);
     let gateway_log = log.clone();
     let gateway_stop = shutdown.child_token();
+    let parts_stop = shutdown.child_token();
+    let parts = tracker.clone();
+    let server_cfg = cfg.clone();
     tracker.spawn(async move {
-        match Gateway::boot(gateway_log, gateway_cfg, setups).await {
+        let setups = crate::runtime::setups(&server_cfg, &gateway_log, &parts_stop, &parts).await;
+        match Gateway::boot(gateway_log.clone(), gateway_cfg, setups).await {
             Ok(gw) => {
+                parts.spawn(crate::runtime::follow_stop_requests(
+                    gateway_log,
+                    gw.handle(),
+                    parts_stop,
+                ));
                 if let Err(e) = gw.serve(gateway_stop).await {
                     tracing::error!(error = %e, "the gateway stopped; restart airut");
                 }

@@ -1,0 +1,214 @@
+//! The running product: the gateway's parts wired to the real ones.
+//!
+//! [`setups`] gives each configured repo its workspace (the gateway's own
+//! [`crate::gateway::repo_setups`]), its sandbox runner ([`runner`]: image,
+//! proxy, container) and its channels ([`email`]); [`follow_stop_requests`]
+//! turns the dashboard's `task.stop_requested` into a stop of the running
+//! task. `airut run` (src/cli/serve.rs) calls both.
+//!
+//! A part that cannot start (no container engine, a bad email config)
+//! leaves the repo without it, and the gateway boots that repo as not
+//! serving with the reason recorded in `repo.booted`; the other repos run.
+
+pub mod email;
+pub mod runner;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ServerConfig;
+use crate::events::{Event, EventType, Seq};
+use crate::gateway::{GatewayHandle, RepoSetup};
+use crate::log::Log;
+use crate::proxy::AuditSink;
+use crate::sandbox::claude_binary::{ClaudeBinaries, RELEASE_BASE};
+use crate::sandbox::image::ImageCache;
+use crate::sandbox::{Engine, probe};
+use crate::workspace::RepoWorkspace;
+
+use runner::{SandboxRunner, SandboxShared};
+
+/// The `airut-init` binary `airut run` mounts into task containers:
+/// `$AIRUT_INIT` when set, else the one beside the running `airut`.
+pub fn init_path() -> PathBuf {
+    std::env::var_os("AIRUT_INIT")
+        .map(PathBuf::from)
+        .unwrap_or_else(probe::default_init_path)
+}
+
+/// Each repo's setup with its workspace, runner and channels. Background
+/// parts (the email sources, the proxies' audit writer, image pruning)
+/// are spawned on `tracker` and stop with `cancel`.
+pub async fn setups(
+    cfg: &ServerConfig,
+    log: &Log,
+    cancel: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Vec<RepoSetup> {
+    let shared = match sandbox_shared(cfg, log, cancel, tracker).await {
+        Ok(s) => Some(s),
+        Err(why) => {
+            tracing::error!(error = %why, "the sandbox is not available; no repo can run tasks");
+            None
+        }
+    };
+    let mut setups = Vec::new();
+    for (id, repo) in &cfg.repos {
+        let mut setup = RepoSetup::from_config(id, repo);
+        setup.timeout = repo.resource_limits.timeout;
+        // One workspace per repo, shared by the gateway and the runner
+        // (its mirror lock too).
+        match RepoWorkspace::new(
+            &cfg.state_dir,
+            setup.id.clone(),
+            &repo.repo_url,
+            repo.git.clone(),
+            cfg.execution.git_timeout,
+        ) {
+            Ok(ws) => {
+                setup.workspace = Some(Arc::new(ws.clone()));
+                let check = ws.clone();
+                setup.boot_check = Some(Arc::new(move || {
+                    let ws = check.clone();
+                    Box::pin(async move { ws.refresh_mirror().await.map_err(|e| e.to_string()) })
+                }));
+                match &shared {
+                    Some(shared) => {
+                        setup.runner = Some(Arc::new(SandboxRunner::new(
+                            shared.clone(),
+                            ws,
+                            repo.network.clone(),
+                            repo.resource_limits.clone(),
+                        )));
+                    }
+                    None => {
+                        // The repo boots as not serving with this reason
+                        // (a runner is set so the reason is this one).
+                        let why =
+                            "the sandbox is not available (see the server log and `airut check`)";
+                        setup.runner = Some(Arc::new(runner::Unavailable(why.to_owned())));
+                        fail_boot(&mut setup, why.to_owned());
+                    }
+                }
+            }
+            Err(e) => fail_boot(&mut setup, e.to_string()),
+        }
+        if let Some(mail) = &repo.email {
+            let models = vec![repo.model.clone()];
+            match crate::channels::email::EmailSettings::from_config(
+                setup.id.clone(),
+                mail,
+                models,
+                cfg.dashboard.base_url.clone(),
+            ) {
+                Ok(settings) => {
+                    let sink = email::start(settings, log.clone(), cancel.child_token(), tracker);
+                    setup.sinks.insert("email".to_owned(), sink);
+                }
+                Err(e) => {
+                    tracing::error!(repo = %setup.id, error = %e, "the email channel cannot start");
+                    fail_boot(&mut setup, format!("email channel: {e}"));
+                }
+            }
+        }
+        setups.push(setup);
+    }
+    setups
+}
+
+/// Makes a repo's boot check fail with `why` (after its own check).
+fn fail_boot(setup: &mut RepoSetup, why: String) {
+    setup.boot_check = Some(Arc::new(move || {
+        let why = why.clone();
+        Box::pin(async move { Err(why) })
+    }));
+}
+
+async fn sandbox_shared(
+    cfg: &ServerConfig,
+    log: &Log,
+    cancel: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<SandboxShared, String> {
+    let engine = Engine::connect(cfg.sandbox.engine_socket.as_deref())
+        .await
+        .map_err(|e| format!("container engine: {e}"))?;
+    let init = init_path();
+    check_init(&init)?;
+    let images = ImageCache::new(engine.clone(), log.clone(), cfg.sandbox.image_max_age);
+    tracker.spawn({
+        let h = crate::sandbox::image::spawn_prune_schedule(
+            images.clone(),
+            cfg.sandbox.prune_interval,
+            cancel.child_token(),
+        );
+        async move {
+            let _ = h.await;
+        }
+    });
+    let (audit, writer) = AuditSink::spawn(log.clone());
+    tracker.spawn(async move {
+        let _ = writer.await;
+    });
+    let claude = ClaudeBinaries::new(cfg.state_dir.join("claude"), RELEASE_BASE);
+    Ok(SandboxShared {
+        engine,
+        log: log.clone(),
+        images,
+        claude: Arc::new(claude),
+        claude_source: cfg.sandbox.claude.clone(),
+        init,
+        audit,
+        sockets_dir: cfg.state_dir.join("proxy"),
+    })
+}
+
+/// Whether the init is there and is a file (whether it is static is what
+/// `airut check` finds out by running it).
+pub fn check_init(init: &Path) -> Result<(), String> {
+    match std::fs::metadata(init) {
+        Ok(m) if m.is_file() => Ok(()),
+        _ => Err(format!(
+            "airut-init not found at {}: build it with `cargo rustc --release --bin airut-init \
+             -- -C target-feature=+crt-static` and put it beside the airut binary (or set \
+             AIRUT_INIT); see doc/deployment.md",
+            init.display()
+        )),
+    }
+}
+
+/// Stops the running task of each `task.stop_requested` recorded from now
+/// on (the dashboard's Stop button), until `cancel` or the log closes.
+pub async fn follow_stop_requests(log: Log, gateway: GatewayHandle, cancel: CancellationToken) {
+    let from = log.head().map_or(Seq(0), |s| Seq(s.0 + 1));
+    let mut sub = log.subscribe(from);
+    loop {
+        let rec = tokio::select! {
+            r = sub.next() => r,
+            () = cancel.cancelled() => return,
+        };
+        let rec = match rec {
+            None => return,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "reading the log for stop requests");
+                continue;
+            }
+            Some(Ok(r)) => r,
+        };
+        if rec.event_type() != Some(EventType::TaskStopRequested) {
+            continue;
+        }
+        let Ok(Event::TaskStopRequested(e)) = rec.decode() else {
+            continue;
+        };
+        let Some(conv) = rec.header.stream.conversation() else {
+            tracing::warn!(task = %e.task, stream = %rec.header.stream, "a stop request outside a conversation; ignored");
+            continue;
+        };
+        let stopped = gateway.stop(conv).await;
+        tracing::info!(task = %e.task, %conv, by = %e.requested_by, stopped, "stop requested");
+    }
+}

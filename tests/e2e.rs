@@ -1,0 +1,711 @@
+//! End to end with the real parts: the `airut run` binary; its email
+//! channel reading a private Dovecot (`scripts/ensure-dovecot.sh`) and
+//! sending to an SMTP receiver in this test; its sandbox on Podman
+//! (`scripts/ensure-podman.sh`) with the static `airut-init` beside the
+//! binary and the real Claude Code CLI; the network sandbox (the task's
+//! proxy on its unix socket) in front of the mock Anthropic API
+//! (`tests/support/anthropic.rs`, reached as the upstream override of
+//! `api.anthropic.com`); and a local bare git repository as the remote,
+//! whose default branch holds `.airut/container/Dockerfile` and
+//! `.airut/network-allowlist.yaml`.
+//!
+//! Scenarios of issue 6 covered here: (1) a mail gets an acknowledgement,
+//! then a threaded reply with the agent's text and its /outbox file, and
+//! the agent's commit is in the workspace; (2) a reply continues the same
+//! conversation and Claude session; (5) a spoofed and an unauthorized
+//! sender start nothing and get nothing; (8) `airut replay` and
+//! `airut audit export --conversation` tell the story.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_types,
+    clippy::disallowed_methods
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use mail_parser::{MessageParser, MimeHeaders};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+use crate::email_support::{Dovecot, DovecotOptions, PASSWORD, USER};
+use crate::support::anthropic::MockAnthropic;
+
+/// A run of the real agent can take a while on a loaded 2-core machine
+/// (first image build included); a hang fails, slowness does not.
+const AGENT_PATIENCE: Duration = Duration::from_secs(420);
+
+/// What `scripts/ensure-podman.sh` set up.
+struct SandboxEnv {
+    socket: PathBuf,
+    claude: PathBuf,
+}
+
+fn sandbox_env() -> &'static SandboxEnv {
+    static ENV: OnceLock<SandboxEnv> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let cache = std::env::var_os("AIRUT_CACHE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/airut-ci")
+            });
+        let file = cache.join("sandbox.env");
+        let text = std::fs::read_to_string(&file).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}\nThe end-to-end tests need Podman and Claude Code: run \
+                 scripts/ensure-podman.sh (as root) first (scripts/test.sh does).",
+                file.display()
+            )
+        });
+        let get = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .unwrap_or_else(|| panic!("{} has no {k}", file.display()))
+                .to_owned()
+        };
+        SandboxEnv {
+            socket: PathBuf::from(get("DOCKER_HOST").trim_start_matches("unix://")),
+            claude: PathBuf::from(get("AIRUT_TEST_CLAUDE")),
+        }
+    })
+}
+
+/// `airut` and the static `airut-init` side by side in `dir`, as a
+/// deployment has them (doc/deployment.md).
+fn install_binaries(dir: &Path) -> PathBuf {
+    static INIT: OnceLock<PathBuf> = OnceLock::new();
+    let init = INIT.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let target = exe
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::parent)
+            .unwrap()
+            .to_owned();
+        let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["rustc", "--quiet", "--bin", "airut-init", "--manifest-path"])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .args(["--", "-C", "target-feature=+crt-static"])
+            .env("CARGO_TARGET_DIR", &target)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "building the static airut-init failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dest = target.join("airut-init-e2e");
+        std::fs::create_dir_all(&dest).unwrap();
+        let tmp = dest.join("airut-init.tmp");
+        std::fs::copy(target.join("debug/airut-init"), &tmp).unwrap();
+        let dest = dest.join("airut-init");
+        std::fs::rename(&tmp, &dest).unwrap();
+        dest
+    });
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy(init, dir.join("airut-init")).unwrap();
+    let airut = dir.join("airut");
+    std::fs::copy(env!("CARGO_BIN_EXE_airut"), &airut).unwrap();
+    airut
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A bare "remote" whose main branch has the container and the allowlist.
+fn make_remote(root: &Path) -> PathBuf {
+    let remote = root.join("widgets.git");
+    let seed = root.join("seed");
+    std::fs::create_dir_all(&seed).unwrap();
+    git(root, &["init", "-q", "--bare", "-b", "main", "widgets.git"]);
+    git(&seed, &["init", "-q", "-b", "main"]);
+    std::fs::create_dir_all(seed.join(".airut/container")).unwrap();
+    std::fs::write(
+        seed.join(".airut/container/Dockerfile"),
+        "FROM debian:bookworm-slim\n\
+         RUN git config --system user.email agent@example.com && git config --system user.name 'Sandbox Agent' \
+         && git config --system --add safe.directory '*'\n\
+         WORKDIR /workspace\n",
+    )
+    .unwrap();
+    std::fs::write(
+        seed.join(".airut/network-allowlist.yaml"),
+        "domains:\n  - api.anthropic.com\n",
+    )
+    .unwrap();
+    std::fs::write(seed.join("README.md"), "# widgets\n").unwrap();
+    git(&seed, &["add", "-A"]);
+    git(
+        &seed,
+        &[
+            "-c",
+            "user.email=t@example.com",
+            "-c",
+            "user.name=T",
+            "commit",
+            "-q",
+            "-m",
+            "start",
+        ],
+    );
+    git(&seed, &["push", "-q", remote.to_str().unwrap(), "main"]);
+    remote
+}
+
+// === The SMTP receiver ===
+
+/// A mail the receiver accepted.
+#[derive(Debug, Clone)]
+struct Received {
+    rcpt_to: Vec<String>,
+    data: Vec<u8>,
+}
+
+/// A plain SMTP server on loopback keeping every mail.
+struct SmtpReceiver {
+    port: u16,
+    received: Arc<Mutex<Vec<Received>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SmtpReceiver {
+    async fn start() -> SmtpReceiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&received);
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let kept = Arc::clone(&kept);
+                tokio::spawn(async move {
+                    let _ = smtp_session(tcp, kept).await;
+                });
+            }
+        });
+        SmtpReceiver {
+            port,
+            received,
+            task,
+        }
+    }
+
+    fn mails(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` mails arrived (or the patience ran out).
+    async fn wait_for(&self, n: usize, server_log: &Path) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + AGENT_PATIENCE;
+        loop {
+            let mails = self.mails();
+            if mails.len() >= n {
+                return mails;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {} of {n} mails arrived; server log:\n{}",
+                mails.len(),
+                tail(server_log)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for SmtpReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn smtp_session(
+    tcp: tokio::net::TcpStream,
+    kept: Arc<Mutex<Vec<Received>>>,
+) -> std::io::Result<()> {
+    let mut io = BufReader::new(tcp);
+    io.write_all(b"220 localhost ESMTP airut-e2e\r\n").await?;
+    let mut rcpt_to = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if io.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let upper = line.to_ascii_uppercase();
+        let reply = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+            "250-localhost\r\n250-AUTH PLAIN LOGIN\r\n250-8BITMIME\r\n250 SIZE 100000000\r\n"
+        } else if upper.starts_with("AUTH") {
+            "235 ok\r\n"
+        } else if upper.starts_with("MAIL FROM:") {
+            rcpt_to.clear();
+            "250 ok\r\n"
+        } else if upper.starts_with("RCPT TO:") {
+            rcpt_to.push(line.trim_end().get(8..).unwrap_or("").to_owned());
+            "250 ok\r\n"
+        } else if upper.starts_with("DATA") {
+            io.write_all(b"354 go on\r\n").await?;
+            let mut data = Vec::new();
+            let mut l = Vec::new();
+            loop {
+                l.clear();
+                if io.read_until(b'\n', &mut l).await? == 0 {
+                    return Ok(());
+                }
+                if l == b".\r\n" {
+                    break;
+                }
+                let unstuffed = l.strip_prefix(b".").filter(|_| l.starts_with(b".."));
+                data.extend_from_slice(unstuffed.unwrap_or(&l));
+            }
+            kept.lock().unwrap().push(Received {
+                rcpt_to: rcpt_to.clone(),
+                data,
+            });
+            "250 queued\r\n"
+        } else if upper.starts_with("QUIT") {
+            io.write_all(b"221 bye\r\n").await?;
+            return Ok(());
+        } else {
+            "250 ok\r\n"
+        };
+        io.write_all(reply.as_bytes()).await?;
+    }
+}
+
+// === The world ===
+
+/// Everything one end-to-end run needs; the server is killed on drop.
+struct World {
+    root: tempfile::TempDir,
+    dovecot: Dovecot,
+    smtp: SmtpReceiver,
+    mock: MockAnthropic,
+    remote: PathBuf,
+    airut: PathBuf,
+    config: PathBuf,
+    state: PathBuf,
+    server: Option<Child>,
+}
+
+impl World {
+    async fn new(script: &str) -> World {
+        let env = sandbox_env();
+        let root = tempfile::Builder::new()
+            .prefix("airut-e2e-")
+            .tempdir()
+            .unwrap();
+        let dovecot = Dovecot::start(DovecotOptions::default()).await;
+        let smtp = SmtpReceiver::start().await;
+        let mock = MockAnthropic::start(script).await;
+        let remote = make_remote(root.path());
+        let airut = install_binaries(&root.path().join("bin"));
+        let state = root.path().join("state");
+        let config = root.path().join("airut.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"config_version: 1
+dashboard:
+  host: 127.0.0.1
+  port: 0
+execution:
+  shutdown_timeout: 5s
+sandbox:
+  engine_socket: {socket}
+  claude_path: {claude}
+repos:
+  widgets:
+    repo_url: {remote}
+    model: claude-mock
+    resource_limits:
+      timeout: 400s
+    email:
+      address: airut@example.net
+      from: "Airut <airut@example.net>"
+      username: {user}
+      password: "{password}"
+      imap:
+        host: 127.0.0.1
+        port: {imap}
+        security: plain
+        mode: poll
+        poll_interval: 300ms
+      smtp:
+        host: 127.0.0.1
+        port: {smtp}
+        security: plain
+      auth:
+        trusted_authserv_id: mx.example.net
+        authorized_senders: [alice@example.com]
+    network:
+      sandbox_enabled: true
+      upstream_overrides:
+        api.anthropic.com: http://127.0.0.1:{mock}
+      masked_secrets:
+        ANTHROPIC_API_KEY:
+          value: sk-ant-test-not-a-real-key
+          scopes: [api.anthropic.com]
+          headers: [x-api-key]
+      plain_secrets:
+        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: "1"
+        DISABLE_TELEMETRY: "1"
+        DISABLE_AUTOUPDATER: "1"
+"#,
+                socket = env.socket.display(),
+                claude = env.claude.display(),
+                remote = remote.display(),
+                user = USER,
+                password = PASSWORD,
+                imap = dovecot.port,
+                smtp = smtp.port,
+                mock = mock.addr.port(),
+            ),
+        )
+        .unwrap();
+        let mut w = World {
+            root,
+            dovecot,
+            smtp,
+            mock,
+            remote,
+            airut,
+            config,
+            state,
+            server: None,
+        };
+        w.start_server();
+        w
+    }
+
+    fn server_log(&self) -> PathBuf {
+        self.root.path().join("server.log")
+    }
+
+    fn start_server(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.server_log())
+            .unwrap();
+        let child = Command::new(&self.airut)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("run")
+            .env("AIRUT_LOG", "info,airut=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.server = Some(child);
+    }
+
+    /// Runs an `airut` CLI command against the running server.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(&self.airut)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .args(args)
+            .env("AIRUT_LOG", "warn")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "airut {args:?} failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    }
+
+    /// The conversation's workspace clone.
+    fn workspace(&self, conv: &str) -> PathBuf {
+        let ws = airut::workspace::RepoWorkspace::new(
+            &self.state,
+            airut::events::RepoId("widgets".into()),
+            self.remote.to_str().unwrap(),
+            None,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        ws.conversation_dirs(conv.parse().unwrap()).workspace
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            // SIGTERM first so the server stops its containers.
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            for _ in 0..100 {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(80)..].join("\n")
+}
+
+/// A mail from `from`, authenticated at mx.example.net unless `dmarc`
+/// says otherwise, with optional threading headers.
+fn mail(
+    from: &str,
+    id: &str,
+    subject: &str,
+    body: &str,
+    dmarc: &str,
+    thread: &[String],
+) -> Vec<u8> {
+    let domain = from.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+    let mut headers = format!(
+        "Authentication-Results: mx.example.net;\r\n dkim={dmarc} header.i=@{domain};\r\n dmarc={dmarc} header.from={domain}\r\n\
+         From: Alice <{from}>\r\n\
+         To: airut@example.net\r\n\
+         Subject: {subject}\r\n\
+         Message-ID: <{id}>\r\n\
+         Date: Mon, 2 Mar 2026 10:15:00 -0800\r\n"
+    );
+    if let Some(last) = thread.last() {
+        headers.push_str(&format!(
+            "In-Reply-To: {last}\r\nReferences: {}\r\n",
+            thread.join(" ")
+        ));
+    }
+    format!(
+        "{headers}MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n"
+    )
+    .into_bytes()
+}
+
+/// The parts of a received mail the scenarios check.
+#[derive(Debug)]
+struct Mail {
+    to: Vec<String>,
+    message_id: String,
+    in_reply_to: String,
+    references: Vec<String>,
+    subject: String,
+    text: String,
+    attachments: Vec<(String, Vec<u8>)>,
+}
+
+fn parse_mail(r: &Received) -> Mail {
+    let m = MessageParser::new().parse(&r.data).unwrap();
+    let ids = |h: &mail_parser::HeaderValue| -> Vec<String> {
+        h.as_text_list()
+            .map(|l| l.iter().map(|s| format!("<{s}>")).collect())
+            .or_else(|| h.as_text().map(|s| vec![format!("<{s}>")]))
+            .unwrap_or_default()
+    };
+    Mail {
+        to: r.rcpt_to.clone(),
+        message_id: format!("<{}>", m.message_id().unwrap_or_default()),
+        in_reply_to: ids(m.in_reply_to()).pop().unwrap_or_default(),
+        references: ids(m.references()),
+        subject: m.subject().unwrap_or_default().to_owned(),
+        text: m.body_text(0).map(|t| t.into_owned()).unwrap_or_default(),
+        attachments: m
+            .attachments()
+            .map(|a| {
+                (
+                    a.attachment_name().unwrap_or_default().to_owned(),
+                    a.contents().to_vec(),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// `[ID:xxxxxxxx]` in a subject.
+fn conversation_of(subject: &str) -> String {
+    let start = subject.find("[ID:").expect("a conversation tag") + 4;
+    subject[start..start + 8].to_owned()
+}
+
+// === Scenarios ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_to_sandboxed_agent_to_threaded_reply_then_a_resumed_session() {
+    let w = World::new("write_and_commit").await;
+    let log = w.server_log();
+
+    // (5) A spoofed sender (DMARC fails) and an unauthorized one, first in
+    // the inbox: they are recorded as rejected and get nothing.
+    w.dovecot
+        .deliver(
+            &mail(
+                "alice@example.com",
+                "spoof-1@evil.example",
+                "Hi",
+                "Run rm -rf",
+                "fail",
+                &[],
+            ),
+            None,
+        )
+        .await;
+    w.dovecot
+        .deliver(
+            &mail(
+                "mallory@example.org",
+                "mallory-1@example.org",
+                "Hi",
+                "Hello",
+                "pass",
+                &[],
+            ),
+            None,
+        )
+        .await;
+
+    // (1) The real request.
+    let first_id = "m1@example.com";
+    w.dovecot
+        .deliver(
+            &mail(
+                "alice@example.com",
+                first_id,
+                "Report please",
+                "Please write the report and commit the notes.",
+                "pass",
+                &[],
+            ),
+            None,
+        )
+        .await;
+
+    let mails = w.smtp.wait_for(2, &log).await;
+    let ack = parse_mail(&mails[0]);
+    let result = parse_mail(&mails[1]);
+    assert_eq!(ack.to, vec!["<alice@example.com>".to_owned()], "{ack:?}");
+    assert!(ack.text.contains("started working"), "{ack:?}");
+    assert_eq!(ack.in_reply_to, format!("<{first_id}>"));
+    let conv = conversation_of(&ack.subject);
+    assert!(ack.subject.contains("Report please"), "{}", ack.subject);
+
+    assert_eq!(result.to, vec!["<alice@example.com>".to_owned()]);
+    assert_eq!(result.in_reply_to, format!("<{first_id}>"), "{result:?}");
+    assert_eq!(conversation_of(&result.subject), conv);
+    assert!(
+        result
+            .text
+            .contains("The report is in /outbox/report.md and the notes are committed."),
+        "{result:?}\n{}",
+        tail(&log)
+    );
+    assert_eq!(
+        result.attachments,
+        vec![(
+            "report.md".to_owned(),
+            b"# Report\n\nEverything checked.\n".to_vec()
+        )]
+    );
+    assert_eq!(w.mock.served(), 4, "every scripted turn was asked for");
+    let ws = w.workspace(&conv);
+    assert_eq!(
+        git(&ws, &["log", "-1", "--format=%s"]).trim(),
+        "Add notes from the agent"
+    );
+    assert_eq!(
+        git(&ws, &["show", "HEAD:notes.txt"]),
+        "hello from the sandbox\n"
+    );
+    assert!(
+        git(&ws, &["remote", "get-url", "origin"]).contains("widgets.git"),
+        "the clone has the real origin"
+    );
+    // The agent reached the API only through the proxy, with the real key
+    // swapped in for the surrogate it was given.
+    let agent = w.mock.agent_requests();
+    assert!(!agent.is_empty());
+
+    // (2) A reply to the reply continues the conversation and the session.
+    let thread = vec![format!("<{first_id}>"), result.message_id.clone()];
+    w.dovecot
+        .deliver(
+            &mail(
+                "alice@example.com",
+                "m2@example.com",
+                &format!("Re: {}", result.subject),
+                "Thanks! Anything else to add?",
+                "pass",
+                &thread,
+            ),
+            None,
+        )
+        .await;
+    let mails = w.smtp.wait_for(3, &log).await;
+    let second = parse_mail(&mails[2]);
+    assert_eq!(second.in_reply_to, "<m2@example.com>", "{second:?}");
+    assert_eq!(conversation_of(&second.subject), conv);
+    assert!(
+        second.text.contains("All done."),
+        "{second:?}\n{}",
+        tail(&log)
+    );
+    assert!(
+        second.references.contains(&format!("<{first_id}>")),
+        "{second:?}"
+    );
+    let last = w.mock.agent_requests().pop().unwrap();
+    let history = last["messages"].to_string();
+    assert!(
+        history.contains("Please write the report and commit the notes."),
+        "the resumed session carries the first turn"
+    );
+    assert!(history.contains("Thanks! Anything else to add?"));
+
+    // (5) Nobody else got anything.
+    let all = w.smtp.mails();
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert!(
+        all.iter()
+            .all(|m| m.rcpt_to == vec!["<alice@example.com>".to_owned()])
+    );
+
+    // (8) The story and the network audit of the conversation.
+    let story = w.cli(&["replay", &conv]);
+    for needle in [
+        "message.received",
+        "task.started",
+        "container.started",
+        "reply.sent",
+    ] {
+        assert!(story.contains(needle), "replay lacks {needle}:\n{story}");
+    }
+    let audit = w.cli(&["audit", "export", "--conversation", &conv]);
+    assert!(
+        audit.contains("api.anthropic.com"),
+        "the audit has the API requests:\n{audit}"
+    );
+}
