@@ -14,7 +14,6 @@ use crate::channels::email::{
     self, EmailChannel, EmailSettings, OutboundAttachment, OutboundReply, SendOutcome,
     sink::EmailSink,
 };
-use crate::events::ConversationId;
 use crate::gateway::{BoxFuture, Delivered, OutgoingReply, ReplySink, SendError};
 
 /// The email channel context that opens every prompt (reference §E.35).
@@ -79,9 +78,7 @@ pub async fn outbound(r: &OutgoingReply) -> OutboundReply {
         .collect();
     OutboundReply {
         key: r.key.clone(),
-        // A reply outside any conversation (a dismissal before one
-        // existed) is recorded under the zero id.
-        conversation: r.conversation.unwrap_or(ConversationId(0)),
+        conversation: r.conversation,
         task: r.task,
         kind: r.kind.clone(),
         to: r.to.clone(),
@@ -186,7 +183,7 @@ pub fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{ReplyKind, TaskId};
+    use crate::events::{ConversationId, ReplyKind, TaskId};
 
     #[tokio::test]
     async fn outbound_threads_and_attaches_only_regular_files() {
@@ -214,7 +211,7 @@ mod tests {
         assert_eq!(o.attachments.len(), 1);
         assert_eq!(o.attachments[0].name, "report.md");
         assert_eq!(o.attachments[0].content_type, "text/markdown");
-        assert_eq!(o.conversation, ConversationId(0xabc));
+        assert_eq!(o.conversation, Some(ConversationId(0xabc)));
     }
 
     #[test]
