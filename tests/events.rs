@@ -178,18 +178,23 @@ const PINNED: &[(&str, u16, u16, Durability)] = &[
     ("task.started", 302, 1, Durability::Durable),
     ("task.completed", 303, 1, Durability::Durable),
     ("task.interrupted", 304, 1, Durability::Durable),
+    ("task.stop_requested", 320, 1, Durability::Durable),
     ("image.build_started", 400, 1, Durability::Buffered),
     ("image.build_output", 401, 1, Durability::Buffered),
     ("image.build_finished", 402, 1, Durability::Durable),
+    ("image.pruned", 403, 1, Durability::Buffered),
+    ("image.reused", 404, 1, Durability::Buffered),
     ("container.created", 500, 1, Durability::Durable),
     ("container.started", 501, 1, Durability::Durable),
     ("container.output", 502, 1, Durability::Buffered),
     ("container.exited", 503, 1, Durability::Durable),
     ("container.stopped", 504, 1, Durability::Durable),
+    ("container.output_blob", 505, 1, Durability::Buffered),
     ("network.request", 600, 1, Durability::Buffered),
     ("network.dns_query", 601, 1, Durability::Buffered),
     ("reply.sent", 700, 1, Durability::Durable),
     ("reply.failed", 701, 1, Durability::Durable),
+    ("reply.started", 710, 1, Durability::Durable),
 ];
 
 #[test]

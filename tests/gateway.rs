@@ -902,7 +902,7 @@ async fn a_repo_that_cannot_start_is_marked_failed_and_the_others_run() {
             repo_url: "https://example.com/r.git".to_owned(),
             model: "opus".to_owned(),
             effort: None,
-            git: None,
+            ..Default::default()
         },
     );
     unwired.timeout = None;

@@ -28,6 +28,7 @@ fn opts(flush_interval: Duration) -> LogOptions {
     LogOptions {
         flush_interval,
         create: true,
+        ..LogOptions::default()
     }
 }
 

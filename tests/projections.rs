@@ -848,6 +848,7 @@ mod log_backed {
         LogOptions {
             flush_interval: Duration::from_millis(10),
             create: true,
+            ..LogOptions::default()
         }
     }
 

@@ -56,6 +56,9 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     if let Some(ctx) = &ctx {
         check_state_dir(&mut r, &ctx.state_dir);
         check_store(&mut r, ctx).await;
+        // Without repos no task runs: engine trouble is a warning then.
+        let needed = !ctx.loaded.config.repos.is_empty();
+        check_engine(&mut r, &ctx.loaded.config.sandbox, needed).await;
     }
     check_git(&mut r).await;
     if let Some(ctx) = &ctx {
@@ -121,6 +124,35 @@ async fn check_store(r: &mut Report, ctx: &access::Context) {
             Some(_) => r.fail("store", &report),
         },
         Err(e) => r.fail("store", format!("{e:#}")),
+    }
+}
+
+async fn check_engine(r: &mut Report, cfg: &crate::config::SandboxConfig, needed: bool) {
+    use crate::sandbox::probe;
+    let init = probe::default_init_path();
+    match probe::probe(cfg.engine_socket.as_deref(), &init).await {
+        Ok(p) => {
+            r.ok(
+                "container engine",
+                format!(
+                    "{} at {} ({}), API {}",
+                    p.engine,
+                    p.socket.display(),
+                    p.found_by,
+                    p.api_version
+                ),
+            );
+            match p.run {
+                Ok(took) => r.ok(
+                    "container run",
+                    format!("ran {} in a container in {took:.1?}", init.display()),
+                ),
+                Err(e) if needed => r.fail("container run", e),
+                Err(e) => r.warn("container run", format!("{e} (no repos configured yet)")),
+            }
+        }
+        Err(e) if needed => r.fail("container engine", e),
+        Err(e) => r.warn("container engine", format!("{e} (no repos configured yet)")),
     }
 }
 

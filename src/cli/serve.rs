@@ -110,6 +110,10 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         projections.clone(),
         token,
         shutdown.child_token(),
+    )
+    .with_auth(
+        cfg.dashboard.auth.clone(),
+        cfg.dashboard.base_url.as_deref(),
     );
     let stop = shutdown.child_token();
     tracker.spawn(async move {

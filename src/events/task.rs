@@ -75,6 +75,19 @@ frozen! {
         pub blocked_hosts: Vec<String>,
     }
 
+    /// Someone asked to stop a queued or running task (the dashboard's Stop
+    /// button). Durable: the gateway acts on it (stops the container, ends
+    /// the task as `Stopped`); the request itself changes nothing else.
+    pub struct TaskStopRequestedV1 {
+        /// The task.
+        pub task: TaskId,
+        /// Who asked: `dashboard:<user>` for a reverse-proxy user,
+        /// `dashboard:token`, `dashboard:local` (loopback without auth).
+        pub requested_by: String,
+        /// Why, as given (may be empty).
+        pub reason: String,
+    }
+
     /// How a task ended.
     pub enum TaskOutcome {
         /// The agent finished.

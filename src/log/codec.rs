@@ -94,12 +94,18 @@ pub struct CoreFields<'a> {
 
 /// Encodes a header core.
 pub fn encode_core(f: &CoreFields<'_>) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::with_capacity(CORE_FIXED_LEN + f.stream.as_str().len());
+    push_core(&mut out, f)?;
+    Ok(out)
+}
+
+/// Appends a header core to `out`.
+fn push_core(out: &mut Vec<u8>, f: &CoreFields<'_>) -> Result<(), CodecError> {
     let stream = f.stream.as_str().as_bytes();
     let stream_len = u16::try_from(stream.len())
         .ok()
         .filter(|n| (1..=255).contains(n))
         .ok_or_else(|| invalid("stream", format!("{} bytes", stream.len())))?;
-    let mut out = Vec::with_capacity(CORE_FIXED_LEN + stream.len());
     out.push(FORMAT);
     out.push(if f.causation.is_some() {
         FLAG_CAUSATION
@@ -123,7 +129,79 @@ pub fn encode_core(f: &CoreFields<'_>) -> Result<Vec<u8>, CodecError> {
     out.extend_from_slice(&f.payload_hash);
     out.extend_from_slice(&stream_len.to_le_bytes());
     out.extend_from_slice(stream);
+    Ok(())
+}
+
+/// Offsets in the core of the fields [`link_record`] fills in.
+const CORE_SEQ: usize = 8;
+const CORE_STREAM_VERSION: usize = 16;
+const CORE_TIMESTAMP: usize = 24;
+
+/// Encodes a whole record value in one buffer, with the fields that only
+/// the writer knows (seq, stream version, timestamp: taken from `f`, usually
+/// zero) and the two chain links (zero) still to be filled in by
+/// [`link_record`]. The expensive part of an append (payload hash, copying)
+/// happens here, in the appending task; linking is cheap and happens in the
+/// writer, which alone knows the order.
+pub fn encode_unlinked(f: &CoreFields<'_>, payload: &[u8]) -> Result<Vec<u8>, CodecError> {
+    let core_len = CORE_FIXED_LEN + f.stream.as_str().len();
+    let core_len16 =
+        u16::try_from(core_len).map_err(|_| invalid("core length", format!("{core_len} bytes")))?;
+    let mut out = Vec::with_capacity(2 + core_len + 64 + payload.len());
+    out.extend_from_slice(&core_len16.to_le_bytes());
+    push_core(&mut out, f)?;
+    out.extend_from_slice(&[0; 64]);
+    out.extend_from_slice(payload);
     Ok(out)
+}
+
+/// Places a record from [`encode_unlinked`] in the log: writes its seq,
+/// stream version and timestamp into the core, then the two chain links
+/// (over the finished core), and returns them as (stream link, global link).
+pub fn link_record(
+    value: &mut [u8],
+    seq: Seq,
+    stream_version: u64,
+    timestamp_us: i64,
+    prev_stream: &Hash,
+    prev_global: &Hash,
+) -> Result<(Hash, Hash), CodecError> {
+    let short = |field| CodecError::Truncated {
+        field,
+        need: 2,
+        have: 0,
+    };
+    let len_bytes = value
+        .get(..2)
+        .and_then(|b| <[u8; 2]>::try_from(b).ok())
+        .ok_or_else(|| short("core length"))?;
+    let core_len = usize::from(u16::from_le_bytes(len_bytes));
+    if core_len < CORE_FIXED_LEN {
+        return Err(invalid("core length", format!("{core_len} bytes")));
+    }
+    let have = value.len();
+    let (core, links) = value
+        .get_mut(2..2 + core_len + 64)
+        .ok_or(CodecError::Truncated {
+            field: "record",
+            need: 2 + core_len + 64,
+            have,
+        })?
+        .split_at_mut(core_len);
+    let mut put = |at: usize, bytes: [u8; 8]| {
+        if let Some(slot) = core.get_mut(at..at + 8) {
+            slot.copy_from_slice(&bytes);
+        }
+    };
+    put(CORE_SEQ, seq.0.to_le_bytes());
+    put(CORE_STREAM_VERSION, stream_version.to_le_bytes());
+    put(CORE_TIMESTAMP, timestamp_us.to_le_bytes());
+    let stream_hash = chain::link(prev_stream, core);
+    let global_hash = chain::link(prev_global, core);
+    let (s, g) = links.split_at_mut(32);
+    s.copy_from_slice(&stream_hash);
+    g.copy_from_slice(&global_hash);
+    Ok((stream_hash, global_hash))
 }
 
 /// Assembles a stored record value from its parts.

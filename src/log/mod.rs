@@ -32,6 +32,7 @@ use crate::events::{Durability, Event, EventId, EventType, PayloadError, Seq, St
 pub mod blobs;
 pub mod chain;
 pub mod codec;
+pub mod replay;
 mod store;
 mod subscribe;
 pub mod verify;
@@ -42,6 +43,7 @@ mod tests;
 
 pub use blobs::BlobError;
 pub use codec::{CodecError, decode_record};
+pub use replay::Replay;
 pub use verify::{VerifyFailure, VerifyReport};
 
 use store::Store;
@@ -50,13 +52,22 @@ use writer::Request;
 /// A 32-byte BLAKE3 digest (chain links, payload hashes, blobs).
 pub type Hash = [u8; 32];
 
-/// Options for [`Log::open`].
+/// Options for [`Log::open`]. Build with `..LogOptions::default()` so new
+/// fields keep their defaults.
 #[derive(Debug, Clone)]
 pub struct LogOptions {
     /// Upper bound on how long a buffered append may stay un-fsynced.
     pub flush_interval: Duration,
     /// Create the store when the directory holds none.
     pub create: bool,
+    /// fjall block cache, shared by every keyspace of the store (projections
+    /// included).
+    pub cache_bytes: u64,
+    /// Memtable size of the `events` and `streams` keyspaces: the most of
+    /// recent writes each keeps in memory before flushing to a table.
+    pub memtable_bytes: u64,
+    /// fjall background threads (memtable flushes, compaction).
+    pub worker_threads: usize,
 }
 
 /// A handle on the open log. Cheap to clone; all clones share one writer.
@@ -248,11 +259,16 @@ struct Inner {
 // === impl LogOptions ===
 
 impl Default for LogOptions {
-    /// Buffered appends fsynced within 100 ms; create the store if missing.
+    /// Buffered appends fsynced within 100 ms; create the store if missing;
+    /// 16 MiB cache, 8 MiB memtables, one background thread (the writer and
+    /// the appending tasks need the cores more than compaction does).
     fn default() -> Self {
         LogOptions {
             flush_interval: Duration::from_millis(100),
             create: true,
+            cache_bytes: 16 << 20,
+            memtable_bytes: 8 << 20,
+            worker_threads: 1,
         }
     }
 }
@@ -268,7 +284,7 @@ impl Log {
     /// written there. Blocking (fjall recovery): call it before serving, or
     /// from `spawn_blocking`.
     pub fn open(dir: &Path, opts: LogOptions) -> Result<Log, OpenError> {
-        let (store, tip, progress) = Store::open(dir, opts.create)?;
+        let (store, tip, progress) = Store::open(dir, &opts)?;
         let store = Arc::new(store);
         let (tx, handle) = writer::spawn(Arc::clone(&store), tip, progress, opts.flush_interval)?;
         Ok(Log {
@@ -298,10 +314,11 @@ impl Log {
         batches: Vec<StreamAppend>,
     ) -> Result<Vec<Appended>, AppendError> {
         self.check_writable()?;
+        let append = writer::prepare(batches)?;
         let (reply, rx) = oneshot::channel();
         self.inner
             .tx
-            .send(Request::Append { batches, reply })
+            .send(Request::Append { append, reply })
             .await
             .map_err(|_| AppendError::Closed)?;
         rx.await.map_err(|_| AppendError::Closed)?
@@ -313,13 +330,11 @@ impl Log {
     /// runtime thread); use [`Log::append`] there.
     pub fn append_blocking(&self, batch: StreamAppend) -> Result<Appended, AppendError> {
         self.check_writable()?;
+        let append = writer::prepare(vec![batch])?;
         let (reply, rx) = oneshot::channel();
         self.inner
             .tx
-            .blocking_send(Request::Append {
-                batches: vec![batch],
-                reply,
-            })
+            .blocking_send(Request::Append { append, reply })
             .map_err(|_| AppendError::Closed)?;
         let mut appended = rx.blocking_recv().map_err(|_| AppendError::Closed)??;
         appended
@@ -406,12 +421,27 @@ impl Log {
         self.inner.store.read(seq)
     }
 
-    /// Events from `from`, in order (blocking; a snapshot).
+    /// Events from `from` up to the head written when called, in order
+    /// (blocking; read through a fresh snapshot every few thousand events,
+    /// so a long read holds no old state in memory).
     ///
     /// A missing seq inside the log is reported as [`ReadError::Corrupt`]
     /// naming it, not skipped.
     pub fn iter_from(&self, from: Seq) -> impl Iterator<Item = Result<Record, ReadError>> + '_ {
         self.inner.store.iter_from(from)
+    }
+
+    /// Events from `from` up to the head written when called, each passed
+    /// through `map`, in seq order; read, validated and mapped on worker
+    /// threads (see [`replay`]). The fast path for long reads such as a
+    /// projection rebuild: put the payload decoding in `map`.
+    pub fn replay<T, F>(&self, from: Seq, map: F) -> Replay<T>
+    where
+        T: Send + 'static,
+        F: Fn(Record) -> Result<T, ReadError> + Send + Sync + 'static,
+    {
+        let end = self.inner.store.progress.borrow().written;
+        replay::start(Arc::clone(&self.inner.store), from, end, map)
     }
 
     /// A stream's events from `from_version` (1-based), in order.

@@ -12,7 +12,8 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use tokio::sync::watch;
 
 use super::codec::{self, CoreFields};
-use super::{Hash, OpenError, ReadError, Record, chain};
+use super::replay::SEGMENT;
+use super::{Hash, LogOptions, OpenError, ReadError, Record, chain};
 use crate::events::{Event, EventId, Seq, StoreCreatedV1, StreamId};
 use crate::migrations::{self, CURRENT_LAYOUT};
 
@@ -68,8 +69,9 @@ impl Store {
     /// Opens the store in `dir` (see `Log::open`).
     pub fn open(
         dir: &Path,
-        create: bool,
+        opts: &LogOptions,
     ) -> Result<(Store, Tip, watch::Sender<Progress>), OpenError> {
+        let create = opts.create;
         let path = dir.to_path_buf();
         let storage = |reason: String| OpenError::Storage {
             path: path.clone(),
@@ -79,7 +81,7 @@ impl Store {
             if !create {
                 return Err(OpenError::Missing(path));
             }
-            create_store(dir).map_err(&storage)?;
+            create_store(dir, opts).map_err(&storage)?;
         }
         let Keyspaces {
             db,
@@ -87,7 +89,7 @@ impl Store {
             events,
             streams,
             blobs,
-        } = Keyspaces::open(dir).map_err(&storage)?;
+        } = Keyspaces::open(dir, opts).map_err(&storage)?;
 
         let layout = meta
             .get(META_LAYOUT)
@@ -186,15 +188,15 @@ impl Store {
         value.map(|v| codec::decode_record(seq, &v)).transpose()
     }
 
-    /// Events from `from`, in order, from one snapshot.
-    pub fn iter_from(&self, from: Seq) -> RecordIter {
-        let iter = self
-            .db
-            .snapshot()
-            .range(&self.events, codec::seq_key(from)..);
+    /// Events from `from` up to the written head, in order, through a fresh
+    /// snapshot every [`SEGMENT`] events.
+    pub fn iter_from(&self, from: Seq) -> RecordIter<'_> {
         RecordIter {
-            iter,
+            store: self,
+            iter: None,
             expected: from.0,
+            segment_end: from.0,
+            end: self.progress.borrow().written,
             done: false,
         }
     }
@@ -254,10 +256,13 @@ struct Keyspaces {
 
 impl Keyspaces {
     /// Opens (creating if needed) the database at `dir` and its keyspaces.
-    fn open(dir: &Path) -> Result<Keyspaces, String> {
+    fn open(dir: &Path, opts: &LogOptions) -> Result<Keyspaces, String> {
+        let memtable = opts.memtable_bytes.max(1 << 20);
         let db = Database::builder(dir)
             .manual_journal_persist(true)
             .max_journaling_size(64 << 20)
+            .cache_size(opts.cache_bytes)
+            .worker_threads(opts.worker_threads.max(1))
             .open()
             .map_err(|e| match e {
                 fjall::Error::Locked => "locked by another process (is airut running?)".to_owned(),
@@ -268,11 +273,16 @@ impl Keyspaces {
         };
         Ok(Keyspaces {
             meta: ks("meta", KeyspaceCreateOptions::default)?,
-            events: ks("events", KeyspaceCreateOptions::default)?,
-            streams: ks("streams", || {
-                // Small keys only: a small memtable bounds memory.
-                KeyspaceCreateOptions::default().max_memtable_size(16 * 1024 * 1024)
-            })?,
+            events: db
+                .keyspace("events", || {
+                    KeyspaceCreateOptions::default().max_memtable_size(memtable)
+                })
+                .map_err(|e| e.to_string())?,
+            streams: db
+                .keyspace("streams", || {
+                    KeyspaceCreateOptions::default().max_memtable_size(memtable)
+                })
+                .map_err(|e| e.to_string())?,
             blobs: ks("blobs", || {
                 KeyspaceCreateOptions::default()
                     .with_kv_separation(Some(fjall::KvSeparationOptions::default()))
@@ -286,7 +296,7 @@ impl Keyspaces {
 /// included) in a staging directory beside it, then renamed into place. A
 /// crash part-way leaves only the staging directory, which the next attempt
 /// removes; never a half-created database at `dir`.
-fn create_store(dir: &Path) -> Result<(), String> {
+fn create_store(dir: &Path, opts: &LogOptions) -> Result<(), String> {
     let name = dir
         .file_name()
         .ok_or_else(|| "the store path has no final component".to_owned())?;
@@ -312,7 +322,7 @@ fn create_store(dir: &Path) -> Result<(), String> {
         std::fs::remove_dir_all(&staging).map_err(|e| e.to_string())?;
     }
     {
-        let ks = Keyspaces::open(&staging)?;
+        let ks = Keyspaces::open(&staging, opts)?;
         write_genesis(&ks.db, &ks.events, &ks.streams, &ks.meta)?;
         ks.db
             .persist(PersistMode::SyncAll)
@@ -381,17 +391,38 @@ pub(super) struct EncodeInput<'a> {
     pub prev_global: &'a Hash,
 }
 
-/// A record ready to store, with its two new links.
+/// A record ready to store.
 pub(super) struct Encoded {
     pub value: Vec<u8>,
-    pub stream_hash: Hash,
-    pub global_hash: Hash,
 }
 
-/// Encodes an event as a stored record and links it into both chains.
+/// Encodes an event as a stored record and links it into both chains (the
+/// same two steps an append takes: [`codec::encode_unlinked`] in the
+/// appending task, [`codec::link_record`] in the writer).
 pub(super) fn encode_event(input: EncodeInput<'_>) -> Result<Encoded, String> {
-    let payload = input.event.encode().map_err(|e| e.to_string())?;
-    let ty = input.event.event_type();
+    let mut value = encode_unplaced(input.event, input.stream, input.event_id, input.causation)?;
+    codec::link_record(
+        &mut value,
+        input.seq,
+        input.stream_version,
+        input.timestamp_us,
+        input.prev_stream,
+        input.prev_global,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(Encoded { value })
+}
+
+/// Encodes an event's record with its place in the log (seq, stream
+/// version, timestamp, links) left to [`codec::link_record`].
+pub(super) fn encode_unplaced(
+    event: &Event,
+    stream: &StreamId,
+    event_id: EventId,
+    causation: Option<EventId>,
+) -> Result<Vec<u8>, String> {
+    let payload = event.encode().map_err(|e| e.to_string())?;
+    let ty = event.event_type();
     let payload_len = u32::try_from(payload.len()).map_err(|_| {
         format!(
             "{} payload of {} bytes is too large",
@@ -399,28 +430,22 @@ pub(super) fn encode_event(input: EncodeInput<'_>) -> Result<Encoded, String> {
             payload.len()
         )
     })?;
-    let core = codec::encode_core(&CoreFields {
-        event_type: ty.code(),
-        schema_version: ty.current_version(),
-        seq: input.seq,
-        stream_version: input.stream_version,
-        timestamp_us: input.timestamp_us,
-        event_id: input.event_id,
-        causation: input.causation,
-        payload_len,
-        payload_hash: chain::payload_hash(&payload),
-        stream: input.stream,
-    })
-    .map_err(|e| e.to_string())?;
-    let stream_hash = chain::link(input.prev_stream, &core);
-    let global_hash = chain::link(input.prev_global, &core);
-    let value = codec::encode_record(&core, &stream_hash, &global_hash, &payload)
-        .map_err(|e| e.to_string())?;
-    Ok(Encoded {
-        value,
-        stream_hash,
-        global_hash,
-    })
+    codec::encode_unlinked(
+        &CoreFields {
+            event_type: ty.code(),
+            schema_version: ty.current_version(),
+            seq: Seq(0),
+            stream_version: 0,
+            timestamp_us: 0,
+            event_id,
+            causation,
+            payload_len,
+            payload_hash: chain::payload_hash(&payload),
+            stream,
+        },
+        &payload,
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// Wall-clock microseconds since the Unix epoch (0 before it).
@@ -432,22 +457,42 @@ pub(super) fn now_us() -> i64 {
 
 // === impl RecordIter ===
 
-/// Events in seq order from a snapshot; a hole is an error naming the seq.
-pub(super) struct RecordIter {
-    iter: fjall::Iter,
+/// Events in seq order up to the head written at its creation; a hole is an
+/// error naming the seq and ends it.
+pub(super) struct RecordIter<'a> {
+    store: &'a Store,
+    /// The range over the current segment's snapshot.
+    iter: Option<fjall::Iter>,
     expected: u64,
+    /// End of the current segment (exclusive).
+    segment_end: u64,
+    end: u64,
     done: bool,
 }
 
-impl Iterator for RecordIter {
+impl Iterator for RecordIter<'_> {
     type Item = Result<Record, ReadError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
+        if self.done || self.expected >= self.end {
             return None;
         }
-        let guard = self.iter.next()?;
+        if self.iter.is_none() || self.expected >= self.segment_end {
+            // A fresh snapshot per segment: a long read pins nothing old.
+            self.segment_end = self.end.min(self.expected.saturating_add(SEGMENT));
+            self.iter = Some(self.store.db.snapshot().range(
+                &self.store.events,
+                codec::seq_key(Seq(self.expected))..codec::seq_key(Seq(self.segment_end)),
+            ));
+        }
         let expected = Seq(self.expected);
+        let Some(guard) = self.iter.as_mut().and_then(Iterator::next) else {
+            self.done = true;
+            return Some(Err(ReadError::Corrupt {
+                seq: expected,
+                reason: "missing below the written head".to_owned(),
+            }));
+        };
         // A hole or a broken key leaves the position unknown: stop there.
         let (result, stop) = match guard.into_inner() {
             Err(e) => (Err(ReadError::Storage(e.to_string())), true),

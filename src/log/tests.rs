@@ -18,6 +18,7 @@ fn opts() -> LogOptions {
     LogOptions {
         flush_interval: Duration::from_millis(20),
         create: true,
+        ..LogOptions::default()
     }
 }
 

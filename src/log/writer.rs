@@ -22,9 +22,73 @@ use fjall::PersistMode;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::store::{EncodeInput, Progress, Store, Tip, encode_event, now_us};
+use super::store::{Progress, Store, Tip, encode_unplaced, now_us};
 use super::{AppendError, Appended, ExpectedVersion, Hash, OpenError, StreamAppend, chain, codec};
 use crate::events::{Durability, EventId, EventType, Seq, StreamId};
+
+/// An append encoded by the appending task ([`prepare`]): every record is
+/// complete except for its place in the log, which only the writer assigns.
+pub(super) struct Prepared {
+    streams: Vec<PreparedStream>,
+    durability: Durability,
+    events: usize,
+}
+
+/// One stream's part of a [`Prepared`] append.
+struct PreparedStream {
+    stream: StreamId,
+    expected: ExpectedVersion,
+    /// `streams` key prefix (stream id ‖ 0x00).
+    index_prefix: Vec<u8>,
+    /// (record without its place, event id), in order.
+    events: Vec<(Vec<u8>, EventId)>,
+}
+
+/// Checks and encodes an append in the caller's task, off the writer
+/// thread: payload encoding and hashing are most of an append's CPU, and
+/// appending tasks run in parallel while the writer is one thread.
+pub(super) fn prepare(batches: Vec<StreamAppend>) -> Result<Prepared, AppendError> {
+    if batches.is_empty() {
+        return Err(AppendError::Invalid("an append needs a stream".to_owned()));
+    }
+    let mut durability = Durability::Buffered;
+    let mut count = 0;
+    let mut streams = Vec::with_capacity(batches.len());
+    for batch in batches {
+        if batch.events.is_empty() {
+            return Err(AppendError::Invalid(format!(
+                "no events for stream {}",
+                batch.stream
+            )));
+        }
+        let mut events = Vec::with_capacity(batch.events.len());
+        for new in &batch.events {
+            let ty = new.event.event_type();
+            if ty == EventType::StoreCreated {
+                return Err(AppendError::Invalid(
+                    "store.created is written only when a store is created".to_owned(),
+                ));
+            }
+            durability = durability.max(ty.durability());
+            let event_id = EventId::new();
+            let value = encode_unplaced(&new.event, &batch.stream, event_id, new.causation)
+                .map_err(AppendError::Invalid)?;
+            events.push((value, event_id));
+        }
+        count += events.len();
+        streams.push(PreparedStream {
+            index_prefix: codec::stream_prefix(&batch.stream),
+            stream: batch.stream,
+            expected: batch.expected,
+            events,
+        });
+    }
+    Ok(Prepared {
+        streams,
+        durability,
+        events: count,
+    })
+}
 
 /// Upper bound on the events of one group (one fjall batch).
 const MAX_GROUP_EVENTS: usize = 4096;
@@ -40,7 +104,7 @@ type AppendReply = oneshot::Sender<Result<Vec<Appended>, AppendError>>;
 pub(super) enum Request {
     /// Append these streams' events atomically.
     Append {
-        batches: Vec<StreamAppend>,
+        append: Prepared,
         reply: AppendReply,
     },
     /// fsync now if anything written is not yet durable.
@@ -132,7 +196,7 @@ struct Writer {
 impl Request {
     fn event_count(&self) -> usize {
         match self {
-            Request::Append { batches, .. } => batches.iter().map(|b| b.events.len()).sum(),
+            Request::Append { append, .. } => append.events,
             Request::Flush | Request::Close { .. } => 0,
         }
     }
@@ -185,7 +249,7 @@ impl Writer {
                 Request::Append { reply, .. } if close.is_some() => {
                     let _ = reply.send(Err(AppendError::Closed));
                 }
-                Request::Append { batches, reply } => appends.push((batches, reply)),
+                Request::Append { append, reply } => appends.push((append, reply)),
                 Request::Flush => flush = true,
                 Request::Close { reply } if close.is_some() => {
                     let _ = reply.send(Ok(()));
@@ -201,7 +265,7 @@ impl Writer {
     }
 
     /// Writes a group of appends as one batch and replies to each.
-    fn write_group(&mut self, appends: Vec<(Vec<StreamAppend>, AppendReply)>) {
+    fn write_group(&mut self, appends: Vec<(Prepared, AppendReply)>) {
         if self.poisoned {
             for (_, reply) in appends {
                 let _ = reply.send(Err(AppendError::Poisoned));
@@ -212,14 +276,18 @@ impl Writer {
         if self.heads.len() > MAX_CACHED_STREAMS {
             self.heads.clear();
         }
-        let mut batch = self.store.db.batch().durability(Some(PersistMode::Buffer));
+        let events: usize = appends.iter().map(|(a, _)| a.events).sum();
+        let mut batch = fjall::OwnedWriteBatch::with_capacity(self.store.db.clone(), 2 * events)
+            .durability(Some(PersistMode::Buffer));
         let mut staged = Vec::with_capacity(appends.len());
-        for (batches, reply) in appends {
-            match self.stage(&batches) {
+        // One clock reading per group: timestamps never go back in seq.
+        let now = now_us();
+        for (append, reply) in appends {
+            match self.stage(append, now) {
                 Ok(stage) => {
                     for (seq, value, index_key) in stage.items {
                         batch.insert(&self.store.events, codec::seq_key(seq), value);
-                        batch.insert(&self.store.streams, index_key, codec::seq_key(seq).to_vec());
+                        batch.insert(&self.store.streams, index_key, codec::seq_key(seq));
                     }
                     self.next_seq = stage.next_seq;
                     self.global_hash = stage.global_hash;
@@ -276,27 +344,20 @@ impl Writer {
         }
     }
 
-    /// Checks and encodes one request without touching the writer's state.
-    fn stage(&mut self, batches: &[StreamAppend]) -> Result<Stage, AppendError> {
-        if batches.is_empty() {
-            return Err(AppendError::Invalid("an append needs a stream".to_owned()));
-        }
+    /// Checks one prepared request's expected versions and places its
+    /// records (seq, stream version, timestamp, chain links) without
+    /// touching the writer's state.
+    fn stage(&mut self, append: Prepared, now: i64) -> Result<Stage, AppendError> {
         let mut stage = Stage {
-            items: Vec::new(),
+            items: Vec::with_capacity(append.events),
             heads: HashMap::new(),
-            appended: Vec::with_capacity(batches.len()),
-            durability: Durability::Buffered,
+            appended: Vec::with_capacity(append.streams.len()),
+            durability: append.durability,
             next_seq: self.next_seq,
             global_hash: self.global_hash,
-            last_ts: self.last_ts,
+            last_ts: self.last_ts.max(now),
         };
-        for batch in batches {
-            if batch.events.is_empty() {
-                return Err(AppendError::Invalid(format!(
-                    "no events for stream {}",
-                    batch.stream
-                )));
-            }
+        for batch in append.streams {
             let mut head = match stage.heads.get(&batch.stream) {
                 Some(head) => *head,
                 None => self.stream_head(&batch.stream)?,
@@ -308,51 +369,38 @@ impl Writer {
             };
             if !ok {
                 return Err(AppendError::VersionConflict {
-                    stream: batch.stream.clone(),
+                    stream: batch.stream,
                     expected: batch.expected,
                     actual: head.version,
                 });
             }
             let first = Seq(stage.next_seq);
             let mut ids = Vec::with_capacity(batch.events.len());
-            for new in &batch.events {
-                let ty = new.event.event_type();
-                if ty == EventType::StoreCreated {
-                    return Err(AppendError::Invalid(
-                        "store.created is written only when a store is created".to_owned(),
-                    ));
-                }
-                stage.durability = stage.durability.max(ty.durability());
-                stage.last_ts = stage.last_ts.max(now_us());
+            for (mut value, event_id) in batch.events {
                 let seq = Seq(stage.next_seq);
-                let event_id = EventId::new();
                 let version = head.version + 1;
-                let encoded = encode_event(EncodeInput {
-                    event: &new.event,
+                let (stream_hash, global_hash) = codec::link_record(
+                    &mut value,
                     seq,
-                    stream: &batch.stream,
-                    stream_version: version,
-                    timestamp_us: stage.last_ts,
-                    event_id,
-                    causation: new.causation,
-                    prev_stream: &head.hash,
-                    prev_global: &stage.global_hash,
-                })
-                .map_err(AppendError::Invalid)?;
+                    version,
+                    stage.last_ts,
+                    &head.hash,
+                    &stage.global_hash,
+                )
+                .map_err(|e| AppendError::Invalid(e.to_string()))?;
                 head = StreamHead {
                     version,
-                    hash: encoded.stream_hash,
+                    hash: stream_hash,
                 };
-                stage.global_hash = encoded.global_hash;
-                stage.items.push((
-                    seq,
-                    encoded.value,
-                    codec::stream_key(&batch.stream, version),
-                ));
+                stage.global_hash = global_hash;
+                let mut index_key = Vec::with_capacity(batch.index_prefix.len() + 8);
+                index_key.extend_from_slice(&batch.index_prefix);
+                index_key.extend_from_slice(&version.to_be_bytes());
+                stage.items.push((seq, value, index_key));
                 ids.push(event_id);
                 stage.next_seq += 1;
             }
-            stage.heads.insert(batch.stream.clone(), head);
+            stage.heads.insert(batch.stream, head);
             stage.appended.push(Appended {
                 first,
                 last: Seq(stage.next_seq - 1),
