@@ -196,7 +196,10 @@ impl Dovecot {
 
     async fn spawn(&mut self) {
         use std::os::unix::process::CommandExt;
-        let child = Command::new("/usr/sbin/dovecot")
+        // setpriv --pdeathsig: if the test process dies without running
+        // Drop (killed, aborted), Dovecot dies with it instead of lingering.
+        let child = Command::new("setpriv")
+            .args(["--pdeathsig", "KILL", "--", "/usr/sbin/dovecot"])
             .arg("-F")
             .arg("-c")
             .arg(self.path("dovecot.conf"))
