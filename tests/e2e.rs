@@ -344,7 +344,7 @@ repos:
         port: {imap}
         security: plain
         mode: poll
-        poll_interval: 300ms
+        poll_interval: 1s
       smtp:
         host: 127.0.0.1
         port: {smtp}
