@@ -60,6 +60,13 @@ fn main() {
             ),
         );
     }
+    if Path::new(PROXY_SOCKET).exists()
+        && let Err(e) = point_resolver_at_relay()
+    {
+        // Not a hole: without the resolver names do not resolve, and
+        // nothing but the relay leads out anyway.
+        eprintln!("airut-init: cannot write {RESOLV_CONF} ({e}); names will not resolve");
+    }
 
     let mut cmd = Command::new(&program);
     cmd.args(&rest).env("IS_SANDBOX", "1");
@@ -176,6 +183,18 @@ fn block(set: &libc::sigset_t) {
 
 /// Copies the CA where `update-ca-certificates` finds it and appends it to
 /// every system bundle present. Returns the bundle to point tools at.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// Points the C library's resolver (and Node's, which reads the same file)
+/// at the relay's DNS answerer on loopback. The engine writes its own
+/// resolv.conf (the host's servers), which `--network none` cannot reach.
+fn point_resolver_at_relay() -> std::io::Result<()> {
+    std::fs::write(
+        RESOLV_CONF,
+        "# Written by airut-init: the relay answers every name on loopback.\nnameserver 127.0.0.1\noptions ndots:0 attempts:1\n",
+    )
+}
+
 fn install_ca() -> std::io::Result<Option<String>> {
     let pem = std::fs::read(CA_CERT)?;
     if let Some(dir) = Path::new(LOCAL_CA_COPY).parent()
