@@ -576,9 +576,6 @@ fn conversation_of(subject: &str) -> String {
 // === Scenarios ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "blocked on the sandbox: in relay mode the container's resolver is not pointed at \
-            the relay's DNS on 127.0.0.1, so Claude Code fails with EAI_AGAIN; run with \
-            `cargo test --test tests e2e:: -- --ignored` once that is fixed"]
 async fn email_to_sandboxed_agent_to_threaded_reply_then_a_resumed_session() {
     let mut w = World::new("write_and_commit").await;
     let log = w.server_log();

@@ -60,6 +60,13 @@ fn main() {
             ),
         );
     }
+    if Path::new(PROXY_SOCKET).exists() {
+        // The engine's resolv.conf names servers the container cannot
+        // reach (`--network none`): every lookup goes to the relay.
+        if let Err(e) = std::fs::write("/etc/resolv.conf", "nameserver 127.0.0.1\n") {
+            eprintln!("airut-init: cannot point /etc/resolv.conf at the relay: {e}");
+        }
+    }
 
     let mut cmd = Command::new(&program);
     cmd.args(&rest).env("IS_SANDBOX", "1");
