@@ -208,8 +208,14 @@ impl SmtpReceiver {
         self.received.lock().unwrap().clone()
     }
 
-    /// Waits until `n` mails arrived (or the patience ran out).
-    async fn wait_for(&self, n: usize, server_log: &Path) -> Vec<Received> {
+    /// Waits until `n` mails arrived (or the patience ran out, or the
+    /// server `alive` says it exited).
+    async fn wait_for(
+        &self,
+        n: usize,
+        server_log: &Path,
+        mut alive: impl FnMut() -> bool,
+    ) -> Vec<Received> {
         let deadline = tokio::time::Instant::now() + AGENT_PATIENCE;
         loop {
             let mails = self.mails();
@@ -217,9 +223,10 @@ impl SmtpReceiver {
                 return mails;
             }
             assert!(
-                tokio::time::Instant::now() < deadline,
-                "only {} of {n} mails arrived; server log:\n{}",
+                tokio::time::Instant::now() < deadline && alive(),
+                "only {} of {n} mails arrived (server alive: {}); server log:\n{}",
                 mails.len(),
+                alive(),
                 tail(server_log)
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -451,6 +458,20 @@ repos:
     }
 }
 
+impl World {
+    async fn wait_mails(&mut self, n: usize) -> Vec<Received> {
+        let log = self.server_log();
+        let server = &mut self.server;
+        self.smtp
+            .wait_for(n, &log, || {
+                server
+                    .as_mut()
+                    .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+            })
+            .await
+    }
+}
+
 impl Drop for World {
     fn drop(&mut self) {
         if let Some(mut c) = self.server.take() {
@@ -556,7 +577,7 @@ fn conversation_of(subject: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn email_to_sandboxed_agent_to_threaded_reply_then_a_resumed_session() {
-    let w = World::new("write_and_commit").await;
+    let mut w = World::new("write_and_commit").await;
     let log = w.server_log();
 
     // (5) A spoofed sender (DMARC fails) and an unauthorized one, first in
@@ -604,11 +625,11 @@ async fn email_to_sandboxed_agent_to_threaded_reply_then_a_resumed_session() {
         )
         .await;
 
-    let mails = w.smtp.wait_for(2, &log).await;
+    let mails = w.wait_mails(2).await;
     let ack = parse_mail(&mails[0]);
     let result = parse_mail(&mails[1]);
     assert_eq!(ack.to, vec!["<alice@example.com>".to_owned()], "{ack:?}");
-    assert!(ack.text.contains("started working"), "{ack:?}");
+    assert!(ack.text.contains("Started working on this"), "{ack:?}");
     assert_eq!(ack.in_reply_to, format!("<{first_id}>"));
     let conv = conversation_of(&ack.subject);
     assert!(ack.subject.contains("Report please"), "{}", ack.subject);
@@ -664,7 +685,7 @@ async fn email_to_sandboxed_agent_to_threaded_reply_then_a_resumed_session() {
             None,
         )
         .await;
-    let mails = w.smtp.wait_for(3, &log).await;
+    let mails = w.wait_mails(3).await;
     let second = parse_mail(&mails[2]);
     assert_eq!(second.in_reply_to, "<m2@example.com>", "{second:?}");
     assert_eq!(conversation_of(&second.subject), conv);

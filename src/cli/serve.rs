@@ -133,7 +133,9 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let gateway_stop = shutdown.child_token();
     let parts_stop = shutdown.child_token();
     let parts = tracker.clone();
-    let server_cfg = cfg.clone();
+    // `--state-dir` overrides the config's state dir for everything.
+    let mut server_cfg = cfg.clone();
+    server_cfg.state_dir = state_dir.clone();
     tracker.spawn(async move {
         let setups = crate::runtime::setups(&server_cfg, &gateway_log, &parts_stop, &parts).await;
         match Gateway::boot(gateway_log.clone(), gateway_cfg, setups).await {
