@@ -6,6 +6,12 @@ cd "$repo_root"
 
 ensure_rust
 ensure_debs git ca-certificates
+bash "$repo_root/scripts/ensure-dovecot.sh"
+# Podman, its API socket, the Debian base image and Claude Code for the
+# sandbox tests (idempotent).
+"$repo_root/scripts/ensure-podman.sh"
+# The dashboard's browser test drives Debian's Chromium over WebDriver.
+ensure_debs chromium chromium-driver
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

@@ -169,6 +169,7 @@ const PINNED: &[(&str, u16, u16, Durability)] = &[
     ("channel.health_changed", 6, 1, Durability::Buffered),
     ("message.received", 100, 1, Durability::Durable),
     ("message.rejected", 101, 1, Durability::Durable),
+    ("message.dismissed", 102, 1, Durability::Durable),
     ("conversation.started", 200, 1, Durability::Durable),
     ("conversation.resumed", 201, 1, Durability::Durable),
     ("conversation.expired", 202, 1, Durability::Durable),
@@ -176,18 +177,24 @@ const PINNED: &[(&str, u16, u16, Durability)] = &[
     ("task.coalesced", 301, 1, Durability::Durable),
     ("task.started", 302, 1, Durability::Durable),
     ("task.completed", 303, 1, Durability::Durable),
+    ("task.interrupted", 304, 1, Durability::Durable),
+    ("task.stop_requested", 320, 1, Durability::Durable),
     ("image.build_started", 400, 1, Durability::Buffered),
     ("image.build_output", 401, 1, Durability::Buffered),
     ("image.build_finished", 402, 1, Durability::Durable),
+    ("image.pruned", 403, 1, Durability::Buffered),
+    ("image.reused", 404, 1, Durability::Buffered),
     ("container.created", 500, 1, Durability::Durable),
     ("container.started", 501, 1, Durability::Durable),
     ("container.output", 502, 1, Durability::Buffered),
     ("container.exited", 503, 1, Durability::Durable),
     ("container.stopped", 504, 1, Durability::Durable),
+    ("container.output_blob", 505, 1, Durability::Buffered),
     ("network.request", 600, 1, Durability::Buffered),
     ("network.dns_query", 601, 1, Durability::Buffered),
     ("reply.sent", 700, 1, Durability::Durable),
     ("reply.failed", 701, 1, Durability::Durable),
+    ("reply.started", 710, 1, Durability::Durable),
 ];
 
 #[test]
@@ -243,7 +250,7 @@ fn doc_catalogue_has_a_row_for_every_type() {
 #[test]
 fn unknown_codes_and_versions_are_typed_errors() {
     let bytes = aligned(&sample(EventType::TaskQueued).encode().unwrap());
-    for code in [0, 7, 102, 999, u16::MAX] {
+    for code in [0, 7, 199, 999, u16::MAX] {
         assert_eq!(
             Event::decode(code, 1, &bytes),
             Err(PayloadError::UnknownType(code))

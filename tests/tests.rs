@@ -2,7 +2,17 @@
 //! one area against real components.
 
 mod cli;
+mod dashboard;
+mod dashboard_browser;
 mod email;
+mod email_imap;
+mod email_smtp;
+mod email_support;
 mod events;
+mod gateway;
 mod log;
 mod projections;
+mod proxy;
+mod sandbox;
+mod support;
+mod workspace;

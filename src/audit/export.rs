@@ -23,6 +23,8 @@ pub struct ExportQuery {
     pub conversation: Option<ConversationId>,
     /// Only events at or after this time (µs since the epoch).
     pub since_us: Option<i64>,
+    /// Only events at or before this time (µs since the epoch).
+    pub until_us: Option<i64>,
     /// JSONL (verifiable) or CSV.
     pub format: Format,
     /// Network events only, or every event of the selection.
@@ -113,11 +115,15 @@ pub fn export_jsonl_csv(
         out.write_all(CSV_HEADER.as_bytes())?;
     }
     let since = q.since_us.unwrap_or(i64::MIN);
+    let until = q.until_us.unwrap_or(i64::MAX);
     match q.conversation {
         Some(conv) => {
             let mut prev_stream = chain::GENESIS;
             for rec in log.stream_iter(&conv.stream(), 1) {
                 let rec = rec?;
+                if rec.header.timestamp_us > until {
+                    break;
+                }
                 if rec.header.timestamp_us >= since {
                     emit(log, q, &rec, prev_stream, out, &mut stats)?;
                 }
@@ -128,6 +134,10 @@ pub fn export_jsonl_csv(
             let start = first_seq_at_or_after(log, since)?;
             for rec in log.iter_from(start) {
                 let rec = rec?;
+                // Timestamps are monotonic in the sequence.
+                if rec.header.timestamp_us > until {
+                    break;
+                }
                 if q.filter == ExportFilter::Network && !is_network(&rec) {
                     continue;
                 }

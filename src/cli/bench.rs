@@ -620,3 +620,41 @@ fn peak_rss_kib() -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// `airut bench gateway`: see [`crate::gateway::bench`].
+pub async fn gateway(messages: usize, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let scratch = tempfile::Builder::new()
+        .prefix("airut-bench-gateway-")
+        .tempdir_in(dir.as_deref().unwrap_or(&std::env::temp_dir()))?;
+    println!(
+        "airut bench gateway: {messages} messages per phase, scratch in {} (agent and channel answer at once)",
+        scratch.path().display()
+    );
+    let r = crate::gateway::bench::run(scratch.path(), messages.max(1))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}; is git installed?"))?;
+    let show = |name: &str, s: &[crate::gateway::bench::Sample]| {
+        let pct = |mut v: Vec<std::time::Duration>, p: usize| {
+            v.sort();
+            v[(v.len() * p / 100).min(v.len() - 1)]
+        };
+        let run: Vec<_> = s.iter().map(|x| x.to_run).collect();
+        let reply: Vec<_> = s.iter().map(|x| x.to_reply).collect();
+        println!(
+            "{name:<40} to agent start: median {:>8.1?} p95 {:>8.1?} | to reply: median {:>8.1?} p95 {:>8.1?}",
+            pct(run.clone(), 50),
+            pct(run, 95),
+            pct(reply.clone(), 50),
+            pct(reply, 95)
+        );
+    };
+    show("new conversation (clone of warm mirror)", &r.new);
+    show("reply to a conversation", &r.resumed);
+    println!(
+        "burst: {} new conversations at once, max_concurrent 4: all answered in {:.2?} ({:.1} messages/s)",
+        r.burst.0,
+        r.burst.1,
+        r.burst.0 as f64 / r.burst.1.as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -56,8 +56,14 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     if let Some(ctx) = &ctx {
         check_state_dir(&mut r, &ctx.state_dir);
         check_store(&mut r, ctx).await;
+        // Without repos no task runs: engine trouble is a warning then.
+        let needed = !ctx.loaded.config.repos.is_empty();
+        check_engine(&mut r, &ctx.loaded.config.sandbox, needed).await;
     }
     check_git(&mut r).await;
+    if let Some(ctx) = &ctx {
+        check_remotes(&mut r, &ctx.loaded.config).await;
+    }
     if r.failures == 0 {
         println!("all checks passed");
         Ok(ExitCode::SUCCESS)
@@ -121,6 +127,35 @@ async fn check_store(r: &mut Report, ctx: &access::Context) {
     }
 }
 
+async fn check_engine(r: &mut Report, cfg: &crate::config::SandboxConfig, needed: bool) {
+    use crate::sandbox::probe;
+    let init = probe::default_init_path();
+    match probe::probe(cfg.engine_socket.as_deref(), &init).await {
+        Ok(p) => {
+            r.ok(
+                "container engine",
+                format!(
+                    "{} at {} ({}), API {}",
+                    p.engine,
+                    p.socket.display(),
+                    p.found_by,
+                    p.api_version
+                ),
+            );
+            match p.run {
+                Ok(took) => r.ok(
+                    "container run",
+                    format!("ran {} in a container in {took:.1?}", init.display()),
+                ),
+                Err(e) if needed => r.fail("container run", e),
+                Err(e) => r.warn("container run", format!("{e} (no repos configured yet)")),
+            }
+        }
+        Err(e) if needed => r.fail("container engine", e),
+        Err(e) => r.warn("container engine", format!("{e} (no repos configured yet)")),
+    }
+}
+
 async fn check_git(r: &mut Report) {
     let out = tokio::time::timeout(
         std::time::Duration::from_secs(10),
@@ -137,5 +172,39 @@ async fn check_git(r: &mut Report) {
             format!("not found ({e}); install git (Debian: apt-get install git)"),
         ),
         Err(_) => r.fail("git", "`git --version` did not answer within 10 s"),
+    }
+}
+
+/// Each repo's remote answers `ls-remote` with the server's credentials.
+async fn check_remotes(r: &mut Report, cfg: &crate::config::ServerConfig) {
+    let Ok(scratch) = tempfile::tempdir() else {
+        r.warn(
+            "repos",
+            "no temporary directory for the git askpass helper; skipped",
+        );
+        return;
+    };
+    for (id, repo) in &cfg.repos {
+        let what = format!("repo {id}");
+        match crate::workspace::probe_remote(
+            &repo.repo_url,
+            repo.git.clone(),
+            cfg.execution.git_timeout,
+            scratch.path(),
+        )
+        .await
+        {
+            Ok(branch) => r.ok(
+                &what,
+                format!("{} (default branch {branch})", repo.repo_url),
+            ),
+            Err(e) => r.fail(
+                &what,
+                format!(
+                    "{}: {e}; check repos.{id}.repo_url, repos.{id}.git and the network",
+                    repo.repo_url
+                ),
+            ),
+        }
     }
 }

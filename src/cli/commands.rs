@@ -42,6 +42,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let q = ExportQuery {
                 conversation,
                 since_us,
+                until_us: None,
                 format,
                 filter: ExportFilter::Network,
             };
@@ -61,9 +62,46 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             keep,
         }) => super::bench::log(events, dir, only, keep).await,
         Command::Bench(BenchCommand::LogRebuild { dir }) => super::bench::log_rebuild(&dir).await,
+        Command::Bench(BenchCommand::Proxy {
+            requests,
+            concurrency,
+            seconds,
+        }) => {
+            crate::proxy::bench::run(requests, concurrency, seconds).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(BenchCommand::Email { iterations, corpus }) => {
             super::bench::email(iterations, corpus).await
         }
+        Command::Bench(BenchCommand::Gateway { messages, dir }) => {
+            super::bench::gateway(messages, dir).await
+        }
+        Command::Bench(BenchCommand::Sandbox {
+            runs,
+            engine_socket,
+            init,
+            claude,
+            busybox,
+            podman,
+            parse_mb,
+        }) => {
+            crate::sandbox::bench::run(crate::sandbox::bench::BenchOptions {
+                runs,
+                engine_socket,
+                init: init.unwrap_or_else(crate::sandbox::probe::default_init_path),
+                claude,
+                busybox,
+                podman,
+                parse_mb,
+            })
+            .await
+        }
+        Command::Bench(BenchCommand::Dashboard {
+            events,
+            tasks,
+            iterations,
+            dir,
+        }) => super::bench_dashboard::dashboard(events, tasks, iterations, dir).await,
     }
 }
 

@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod access;
 mod bench;
+mod bench_dashboard;
 mod check;
 mod client;
 mod commands;
@@ -159,6 +160,71 @@ pub enum BenchCommand {
         /// Directory searched for .eml files [default: fixtures/email].
         #[arg(long)]
         corpus: Option<PathBuf>,
+    },
+    /// Gateway overhead: message to agent start and to reply, with a real
+    /// log and git workspaces, and an agent and channel that answer at once.
+    Gateway {
+        /// Messages per phase (new conversations, replies, burst).
+        #[arg(long, default_value_t = 50)]
+        messages: usize,
+        /// Scratch directory [default: a temporary directory].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Dashboard: server time of the board, a conversation page and a
+    /// 10 000-row network view over a large log; 100 SSE clients
+    /// following 1 000 events/s with memory figures.
+    Dashboard {
+        /// Events in the log (about).
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Finished tasks (one conversation each).
+        #[arg(long, default_value_t = 10_000)]
+        tasks: u64,
+        /// Requests per page measured.
+        #[arg(long, default_value_t = 200)]
+        iterations: usize,
+        /// Scratch directory [default: a temporary directory].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Sandbox: start → first stream-json line next to `podman run` by
+    /// hand (cached image), and stream-json parse throughput.
+    Sandbox {
+        /// Runs of each kind (median reported).
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// Container engine socket [default: discovered].
+        #[arg(long)]
+        engine_socket: Option<PathBuf>,
+        /// The static airut-init [default: beside airut].
+        #[arg(long)]
+        init: Option<PathBuf>,
+        /// Agent binary [default: a script printing one stream-json line].
+        #[arg(long)]
+        claude: Option<PathBuf>,
+        /// busybox-static for the bench image.
+        #[arg(long, default_value = "/bin/busybox")]
+        busybox: PathBuf,
+        /// podman command for the by-hand figure.
+        #[arg(long, default_value = "podman")]
+        podman: String,
+        /// Megabytes of stream-json for the parse figure.
+        #[arg(long, default_value_t = 256)]
+        parse_mb: usize,
+    },
+    /// Egress proxy: added latency (keep-alive and new TLS connections) and
+    /// throughput through the proxy against the same local TLS upstream.
+    Proxy {
+        /// Sequential requests per latency figure.
+        #[arg(long, default_value_t = 2000)]
+        requests: usize,
+        /// Concurrent keep-alive connections for the throughput figure.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Seconds per throughput figure.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
     },
     /// Internal: rebuild the projections of an existing bench store and
     /// report peak memory (run as a child of `bench log`).

@@ -1,7 +1,8 @@
 //! `airut run`: the server process.
 //!
 //! Order of start: config → state dir → log → projections (caught up) →
-//! `config.loaded` → listener bound → runtime file → `server.started`.
+//! `config.loaded` → listener bound → runtime file → `server.started` →
+//! dashboard serving → gateway boot (`repo.booted` per repo) and serve.
 //! Shutdown on SIGINT/SIGTERM: cancel the token, stop accepting, let the
 //! tracked tasks finish under a grace deadline, record `server.stopped`,
 //! and close the log last (flush + fsync).
@@ -19,6 +20,7 @@ use super::access;
 use super::runtime::{self, RuntimeInfo};
 use crate::dashboard::{self, AppState};
 use crate::events::{ConfigLoadedV1, Event, RepoId, ServerStartedV1, ServerStoppedV1, StreamId};
+use crate::gateway::{Gateway, GatewayConfig};
 use crate::log::{ExpectedVersion, Log, LogOptions, NewEvent, StreamAppend};
 use crate::projections::Projections;
 
@@ -108,6 +110,10 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         projections.clone(),
         token,
         shutdown.child_token(),
+    )
+    .with_auth(
+        cfg.dashboard.auth.clone(),
+        cfg.dashboard.base_url.as_deref(),
     );
     let stop = shutdown.child_token();
     tracker.spawn(async move {
@@ -118,12 +124,36 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         }
     });
 
+    // The gateway boots after the dashboard serves, so its progress shows.
+    // Channels and the sandbox runner are plugged into each setup here as
+    // they land; until then every repo boots as not serving, with the
+    // reason in `repo.booted`.
+    let setups = crate::gateway::repo_setups(cfg);
+    let gateway_cfg = GatewayConfig::from(&cfg.execution);
+    let gateway_log = log.clone();
+    let gateway_stop = shutdown.child_token();
+    tracker.spawn(async move {
+        match Gateway::boot(gateway_log, gateway_cfg, setups).await {
+            Ok(gw) => {
+                if let Err(e) = gw.serve(gateway_stop).await {
+                    tracing::error!(error = %e, "the gateway stopped; restart airut");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "the gateway could not boot; restart airut"),
+        }
+    });
+
     let reason = wait_for_signal().await;
     tracing::info!(%reason, "shutting down");
     shutdown.cancel();
     tracker.close();
-    if tokio::time::timeout(GRACE, tracker.wait()).await.is_err() {
-        tracing::warn!(grace = ?GRACE, "some tasks were still running after the grace period");
+    // Running tasks get `execution.shutdown_timeout`; the rest a moment more.
+    let grace = GRACE.max(cfg.execution.shutdown_timeout + Duration::from_secs(5));
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            ?grace,
+            "some tasks were still running after the grace period"
+        );
     }
     append_server(
         &log,

@@ -16,10 +16,21 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
+pub use gateway::{ExecutionConfig, GitCredentials};
+
+mod dashboard_auth;
+pub mod email;
+mod gateway;
+pub mod network;
 mod raw;
 mod resolve;
+mod sandbox;
+
+pub use dashboard_auth::DashboardAuth;
 #[cfg(test)]
 mod tests;
+
+pub use sandbox::{ClaudeSource, ResourceLimits, SandboxConfig, valid_claude_version};
 
 /// The config format version this build reads and writes.
 pub const CONFIG_VERSION: u32 = 1;
@@ -37,22 +48,28 @@ pub struct ServerConfig {
     pub dashboard: DashboardConfig,
     /// Repositories by id.
     pub repos: BTreeMap<String, RepoConfig>,
+    /// `execution:` (gateway concurrency, shutdown, expiry, git timeout).
+    pub execution: ExecutionConfig,
+    /// `sandbox:`: container engine, Claude Code binary, image cache.
+    pub sandbox: SandboxConfig,
 }
 
 /// `dashboard:`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DashboardConfig {
-    /// Address to bind (loopback only).
+    /// Address to bind (non-loopback only with `auth`).
     pub host: IpAddr,
     /// Port (0 = any free port; the runtime file says which).
     pub port: u16,
     /// Public URL of the dashboard, for links in replies.
     pub base_url: Option<String>,
+    /// How people authenticate; required for a non-loopback `host`.
+    pub auth: Option<DashboardAuth>,
 }
 
 /// `repos.<id>:`. Channel, sandbox and network sections are added by the
 /// issues that use them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RepoConfig {
     /// The git remote the agent works on.
     pub repo_url: String,
@@ -60,6 +77,14 @@ pub struct RepoConfig {
     pub model: String,
     /// Default effort (`low`, `medium`, `high`, `max`).
     pub effort: Option<String>,
+    /// `git:`: the server's credentials for the remote, if it needs any.
+    pub git: Option<GitCredentials>,
+    /// The email channel (`repos.<id>.email`), if configured.
+    pub email: Option<email::EmailConfig>,
+    /// `resource_limits:` of the task containers.
+    pub resource_limits: ResourceLimits,
+    /// `network:`: the network sandbox (see [`network`]).
+    pub network: network::NetworkConfig,
 }
 
 /// A config as loaded.
@@ -157,8 +182,11 @@ impl Default for ServerConfig {
                 host: IpAddr::V4(Ipv4Addr::LOCALHOST),
                 port: 5200,
                 base_url: None,
+                auth: None,
             },
             repos: BTreeMap::new(),
+            execution: ExecutionConfig::default(),
+            sandbox: SandboxConfig::default(),
         }
     }
 }

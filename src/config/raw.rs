@@ -16,6 +16,8 @@ pub(crate) struct RawConfig {
     pub vars: Vec<(Spanned<String>, Scalar)>,
     pub state_dir: Option<Scalar>,
     pub dashboard: Option<RawDashboard>,
+    pub execution: Option<super::gateway::RawExecution>,
+    pub sandbox: Option<super::sandbox::RawSandbox>,
     #[serde(default, deserialize_with = "pairs")]
     pub repos: Vec<(Spanned<String>, RawRepo)>,
 }
@@ -27,6 +29,7 @@ pub(crate) struct RawDashboard {
     pub host: Option<Scalar>,
     pub port: Option<Scalar>,
     pub base_url: Option<Scalar>,
+    pub auth: Option<super::dashboard_auth::RawDashboardAuth>,
 }
 
 /// `repos.<id>:`.
@@ -36,6 +39,10 @@ pub(crate) struct RawRepo {
     pub repo_url: Option<Scalar>,
     pub model: Option<Scalar>,
     pub effort: Option<Scalar>,
+    pub git: Option<super::gateway::RawGit>,
+    pub email: Option<super::email::RawEmail>,
+    pub resource_limits: Option<super::sandbox::RawResourceLimits>,
+    pub network: Option<super::network::RawNetwork>,
 }
 
 /// Parses the text. The error message carries the line and a snippet.
@@ -46,7 +53,7 @@ pub(crate) fn parse(text: &str) -> Result<RawConfig, String> {
 
 /// A YAML map read in document order with its keys' positions (a map type
 /// would need `Ord` keys and would lose the positions).
-fn pairs<'de, D, K, V>(d: D) -> Result<Vec<(K, V)>, D::Error>
+pub(crate) fn pairs<'de, D, K, V>(d: D) -> Result<Vec<(K, V)>, D::Error>
 where
     D: serde::Deserializer<'de>,
     K: Deserialize<'de>,

@@ -22,7 +22,7 @@ enum Value {
     Bad,
 }
 
-struct Resolver<'a> {
+pub(crate) struct Resolver<'a> {
     env: &'a dyn Fn(&str) -> Option<String>,
     vars: BTreeMap<String, Option<String>>,
     problems: Vec<Problem>,
@@ -94,10 +94,14 @@ pub(crate) fn resolve(
 
     let mut dashboard = defaults.dashboard.clone();
     if let Some(d) = &raw.dashboard {
+        dashboard.auth = d
+            .auth
+            .as_ref()
+            .and_then(|a| super::dashboard_auth::resolve(&mut r, a));
         if let Some(s) = &d.host
             && let Some(v) = r.optional("dashboard.host", s)
         {
-            match parse_host(&v) {
+            match parse_host(&v, dashboard.auth.is_some()) {
                 Ok(ip) => dashboard.host = ip,
                 Err(msg) => r.problem(s, "dashboard.host", msg),
             }
@@ -155,12 +159,18 @@ pub(crate) fn resolve(
         }
     }
 
+    let execution = super::gateway::execution(&mut r, raw.execution.as_ref());
+    check_shared_inboxes(&mut r, &raw, &repos);
+    let sandbox = super::sandbox::resolve_sandbox(&mut r, raw.sandbox.as_ref());
+
     if r.problems.is_empty() {
         Ok((
             ServerConfig {
                 state_dir,
                 dashboard,
                 repos,
+                execution,
+                sandbox,
             },
             r.warnings,
         ))
@@ -172,7 +182,15 @@ pub(crate) fn resolve(
 // === impl Resolver ===
 
 impl Resolver<'_> {
-    fn problem(&mut self, at: &Scalar, key: &str, message: String) {
+    pub(crate) fn problem_at(&mut self, line: u64, key: &str, message: String) {
+        self.problems.push(Problem {
+            line: Some(line),
+            key: key.to_owned(),
+            message,
+        });
+    }
+
+    pub(crate) fn problem(&mut self, at: &Scalar, key: &str, message: String) {
         self.problems.push(Problem {
             line: Some(at.referenced.line()),
             key: key.to_owned(),
@@ -220,7 +238,7 @@ impl Resolver<'_> {
     }
 
     /// An optional value: unset `!env` means absent, with a warning.
-    fn optional(&mut self, key: &str, s: &Scalar) -> Option<String> {
+    pub(crate) fn optional(&mut self, key: &str, s: &Scalar) -> Option<String> {
         match self.expand(key, s) {
             Value::Set(v) => Some(v),
             Value::Unset(why) => {
@@ -235,7 +253,7 @@ impl Resolver<'_> {
     }
 
     /// A required value: missing or unset is a problem.
-    fn required(&mut self, key: &str, s: Option<&Scalar>, line: u64) -> Option<String> {
+    pub(crate) fn required(&mut self, key: &str, s: Option<&Scalar>, line: u64) -> Option<String> {
         let Some(s) = s else {
             self.problems.push(Problem {
                 line: Some(line),
@@ -256,6 +274,20 @@ impl Resolver<'_> {
             }
             Value::Bad => None,
         }
+    }
+
+    /// How many problems were found so far.
+    pub(super) fn problem_count(&self) -> usize {
+        self.problems.len()
+    }
+
+    /// Records a problem not tied to one scalar (a missing section).
+    pub(super) fn push_problem(&mut self, line: Option<u64>, key: &str, message: String) {
+        self.problems.push(Problem {
+            line,
+            key: key.to_owned(),
+            message,
+        });
     }
 
     fn repo(&mut self, key: &str, repo: &RawRepo) -> Option<RepoConfig> {
@@ -292,6 +324,17 @@ impl Resolver<'_> {
                 None => None,
             },
         };
+        let git = super::gateway::git(self, key, repo.git.as_ref());
+        let email = repo
+            .email
+            .as_ref()
+            .and_then(|e| super::email::resolve(self, key, e, line));
+        let resource_limits =
+            super::sandbox::resolve_limits(self, key, repo.resource_limits.as_ref());
+        let network = match &repo.network {
+            Some(n) => super::network::resolve(self, &format!("{key}.network"), n),
+            None => super::network::NetworkConfig::default(),
+        };
         if self.problems.len() > before {
             return None;
         }
@@ -299,6 +342,10 @@ impl Resolver<'_> {
             repo_url: repo_url?,
             model,
             effort,
+            git,
+            email,
+            resource_limits,
+            network,
         })
     }
 }
@@ -331,19 +378,20 @@ fn check_repo_id(id: &str) -> Result<(), String> {
     }
 }
 
-fn parse_host(v: &str) -> Result<IpAddr, String> {
+fn parse_host(v: &str, has_auth: bool) -> Result<IpAddr, String> {
     let ip: IpAddr = if v == "localhost" {
         IpAddr::from([127, 0, 0, 1])
     } else {
         v.parse()
             .map_err(|_| format!("expected an IP address such as 127.0.0.1, found {v:?}"))?
     };
-    if ip.is_loopback() {
+    if ip.is_loopback() || has_auth {
         Ok(ip)
     } else {
         Err(format!(
-            "{v} is not a loopback address; airut has no authentication yet, so the API and dashboard \
-             listen on loopback only (use a reverse proxy or an SSH tunnel to reach them)"
+            "{v} is not a loopback address and dashboard.auth is not set: the dashboard and API \
+             listen beyond loopback only with authentication (set dashboard.auth.token or \
+             dashboard.auth.proxy_user_header, or use an SSH tunnel)"
         ))
     }
 }
@@ -360,5 +408,33 @@ fn expand_home(v: &str) -> PathBuf {
     match v.strip_prefix("~/") {
         Some(rest) => super::home_dir().join(rest),
         None => PathBuf::from(v),
+    }
+}
+
+/// Two repos may not consume the same mailbox: each would take the other's
+/// mail.
+fn check_shared_inboxes(
+    r: &mut Resolver<'_>,
+    raw: &RawConfig,
+    repos: &BTreeMap<String, RepoConfig>,
+) {
+    let mut seen: BTreeMap<(String, u16, String, String), &str> = BTreeMap::new();
+    for (id, _) in &raw.repos {
+        let Some(email) = repos.get(&id.value).and_then(|c| c.email.as_ref()) else {
+            continue;
+        };
+        let identity = email.inbox_identity();
+        if let Some(other) = seen.get(&identity) {
+            r.push_problem(
+                Some(id.referenced.line()),
+                &format!("repos.{}.email.imap", id.value),
+                format!(
+                    "repos {other} and {} read the same mailbox ({} on {}:{} as {}); give each repo its own",
+                    id.value, identity.3, identity.0, identity.1, identity.2
+                ),
+            );
+        } else {
+            seen.insert(identity, &id.value);
+        }
     }
 }

@@ -247,3 +247,64 @@ fn secrets_do_not_print() {
     assert!(!shown.contains("hunter2"), "{shown}");
     assert_eq!(s.expose(), "hunter2-very-secret");
 }
+
+#[test]
+fn dashboard_auth_allows_a_non_loopback_bind() {
+    let c = load(
+        "config_version: 1\ndashboard:\n  host: 0.0.0.0\n  auth:\n    token: 0123456789abcdef01\n",
+    )
+    .unwrap()
+    .config;
+    assert_eq!(c.dashboard.host.to_string(), "0.0.0.0");
+    let auth = c.dashboard.auth.unwrap();
+    assert_eq!(auth.token.unwrap().expose(), "0123456789abcdef01");
+    assert!(auth.trusted_proxies.iter().all(|ip| ip.is_loopback()));
+
+    let c = load(
+        "config_version: 1\ndashboard:\n  host: \"::\"\n  auth:\n    proxy_user_header: X-Forwarded-User\n    trusted_proxies: [10.0.0.5]\n",
+    )
+    .unwrap()
+    .config;
+    let auth = c.dashboard.auth.unwrap();
+    assert_eq!(auth.proxy_user_header.as_deref(), Some("x-forwarded-user"));
+    assert_eq!(
+        auth.trusted_proxies,
+        vec!["10.0.0.5".parse::<IpAddr>().unwrap()]
+    );
+    assert!(auth.token.is_none());
+}
+
+#[test]
+fn dashboard_auth_bad_values_are_reported_and_never_print_the_token() {
+    let p = problems(
+        "config_version: 1\ndashboard:\n  host: 0.0.0.0\n  auth:\n    token: short secret\n    proxy_user_header: \"X User:\"\n    trusted_proxies: [nope]\n",
+    );
+    let keys: Vec<_> = p.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "dashboard.auth.token",
+            "dashboard.auth.proxy_user_header",
+            "dashboard.auth.trusted_proxies[0]",
+            "dashboard.host",
+        ]
+    );
+    let text = ConfigError::Invalid {
+        path: "airut.yaml".into(),
+        problems: p,
+    }
+    .to_string();
+    assert!(!text.contains("short secret"), "{text}");
+    assert!(text.contains("dashboard.auth is not set"), "{text}");
+    // Unknown keys under auth are refused too.
+    let e = syntax("config_version: 1\ndashboard:\n  auth:\n    passwd: x\n");
+    assert!(e.contains("passwd"), "{e}");
+    // A token from the environment.
+    let c = load_bytes(
+        b"config_version: 1\ndashboard:\n  host: 192.0.2.7\n  auth:\n    token: !env TOK\n",
+        "airut.yaml",
+        &env(&[("TOK", "abcdefabcdefabcdefabcdef")]),
+    )
+    .unwrap();
+    assert!(format!("{:?}", c.config.dashboard.auth).contains("redacted"));
+}

@@ -24,8 +24,8 @@ use crate::events::{ConversationId, Seq};
 /// An API error: a status and a message for the caller.
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
-    message: String,
+    pub(crate) status: StatusCode,
+    pub(crate) message: String,
 }
 
 /// `/api/status`.
@@ -98,11 +98,22 @@ pub fn routes(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(api)
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .with_state(state)
 }
 
-async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// Lets a request through with the runtime file's bearer token, or, when
+/// `dashboard.auth` is configured, as an authenticated dashboard user.
+pub(crate) async fn require_token(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if state.inner.auth.is_some()
+        && let Some(id) = req.extensions().get::<super::security::Identity>()
+        && id.is_authenticated()
+    {
+        return next.run(req).await;
+    }
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -211,6 +222,7 @@ async fn audit_export(
     let q = ExportQuery {
         conversation,
         since_us: p.since_us,
+        until_us: None,
         format: p.format,
         filter: p.filter,
     };
@@ -245,7 +257,7 @@ async fn rebuild(
     Ok(Json(report))
 }
 
-fn streamed(content_type: &'static str, body: Body) -> Response {
+pub(crate) fn streamed(content_type: &'static str, body: Body) -> Response {
     let mut resp = Response::new(body);
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -257,18 +269,18 @@ fn streamed(content_type: &'static str, body: Body) -> Response {
 // === impl ApiError ===
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             message: message.into(),
         }
     }
 
-    fn bad_request(e: impl std::fmt::Display) -> Self {
+    pub(crate) fn bad_request(e: impl std::fmt::Display) -> Self {
         Self::new(StatusCode::BAD_REQUEST, e.to_string())
     }
 
-    fn internal(e: impl std::fmt::Display) -> Self {
+    pub(crate) fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "API request failed");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
     }

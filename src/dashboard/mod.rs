@@ -1,13 +1,23 @@
 //! Dashboard and HTTP API: axum routes over the log and the projections.
 //!
-//! This module serves `/healthz` and the JSON/streaming API that the CLI's
-//! read commands use when a server is running ([`api`]). The dashboard pages
-//! (askama, SSE) land with the dashboard issue. Readers here never open
-//! files written on the side: everything comes from the log or a projection.
+//! * [`api`]: `/healthz` and the JSON/streaming API the CLI's read commands
+//!   use; [`json`]: the read API for tools (health with ETag, repos, tasks,
+//!   a conversation, its events, its network audit).
+//! * [`pages`]: server-rendered pages (askama templates in `templates/`,
+//!   one base layout) and their live fragments; [`views`] turns projection
+//!   state into what templates show; [`actions`] renders the agent's
+//!   stream-json; [`replay`] folds a conversation up to any sequence.
+//! * [`sse`]: `/events/stream`, a log subscription as Server-Sent Events
+//!   (resumable with `Last-Event-ID`, bounded, with heartbeats).
+//! * [`security`]: authentication (`dashboard.auth`), CSRF tokens, security
+//!   headers on every response; [`assets`]: the CSS and JS (no build step).
 //!
-//! Binding: loopback only (config validation refuses anything else until
-//! authentication exists); `/api/*` additionally requires the bearer token
-//! from the runtime file.
+//! Readers here never open files written on the side: everything comes from
+//! the log or a projection. The only write is `task.stop_requested`.
+//!
+//! Binding: loopback by default; config validation refuses any other
+//! address unless `dashboard.auth` is set. `/api/*` requires the bearer token
+//! from the runtime file (or a dashboard login when auth is configured).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,8 +28,21 @@ use tokio::net::TcpListener;
 use crate::log::Log;
 use crate::projections::Projections;
 
+pub mod actions;
 pub mod api;
+mod assets;
+mod export;
+pub mod json;
+pub mod pages;
+pub mod replay;
+pub mod security;
+#[doc(hidden)]
+pub mod seed;
+pub mod sse;
 mod stream;
+pub mod views;
+
+use crate::config::DashboardAuth;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -34,6 +57,13 @@ struct StateInner {
     shutdown: tokio_util::sync::CancellationToken,
     started: tokio::time::Instant,
     pid: u32,
+    auth: Option<DashboardAuth>,
+    /// Secure cookies (the public URL is https).
+    secure_cookies: bool,
+    /// Per-process key for CSRF tokens.
+    csrf_key: [u8; 32],
+    /// Open SSE streams.
+    streams: sse::StreamLimit,
 }
 
 // === impl AppState ===
@@ -56,8 +86,33 @@ impl AppState {
                 shutdown,
                 started: tokio::time::Instant::now(),
                 pid: std::process::id(),
+                auth: None,
+                secure_cookies: false,
+                csrf_key: rand::random(),
+                streams: sse::StreamLimit::new(sse::MAX_STREAMS),
             }),
         }
+    }
+
+    /// The same state with dashboard authentication (`dashboard.auth`) and
+    /// the public URL (`https://` makes the session cookie `Secure`).
+    /// Call before the state is cloned.
+    pub fn with_auth(mut self, auth: Option<DashboardAuth>, base_url: Option<&str>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.auth = auth;
+            inner.secure_cookies = base_url.is_some_and(|u| u.starts_with("https://"));
+        } else {
+            tracing::error!("dashboard auth set on a shared state; ignored");
+        }
+        self
+    }
+
+    /// The same state with another SSE stream limit (tests, benchmarks).
+    pub fn with_stream_limit(mut self, max: usize) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.streams = sse::StreamLimit::new(max);
+        }
+        self
     }
 
     /// The log.
@@ -71,9 +126,16 @@ impl AppState {
     }
 }
 
-/// The full router: health, API.
+/// The full router: health, API, pages, streams, assets, behind the
+/// security layer (authentication, headers).
 pub fn router(state: AppState) -> Router {
-    api::routes(state)
+    let app = api::routes(state.clone())
+        .merge(json::routes(state.clone()))
+        .merge(pages::routes(state.clone()))
+        .merge(export::routes(state.clone()))
+        .merge(sse::routes(state.clone()))
+        .merge(assets::routes());
+    security::layer(app, state)
 }
 
 /// Serves `router(state)` on `listener` until `shutdown` resolves, then
@@ -84,7 +146,10 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

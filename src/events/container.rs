@@ -1,7 +1,7 @@
 //! Container events: the lifecycle of the container a task runs in, and
 //! every line it prints.
 
-use super::{TaskId, frozen};
+use super::{BlobRef, TaskId, frozen};
 
 frozen! {
     /// The container was created.
@@ -34,6 +34,25 @@ frozen! {
         pub kind: OutputKind,
         /// The line as printed (lossily decoded to UTF-8).
         pub raw: String,
+    }
+
+    /// One output line longer than 64 KiB: the line itself went to the blob
+    /// store (so the hash chain still covers it) and the event carries its
+    /// reference and the start of the line.
+    pub struct ContainerOutputBlobV1 {
+        /// The task.
+        pub task: TaskId,
+        /// stdout or stderr.
+        pub stream: OutputStream,
+        /// 0-based line number within that stream (shared numbering with
+        /// `container.output`).
+        pub line_no: u64,
+        /// What the line is, as parsed (stream-json kind).
+        pub kind: OutputKind,
+        /// The whole line (lossily decoded to UTF-8), in the blob store.
+        pub blob: BlobRef,
+        /// The first characters of the line, for summaries.
+        pub preview: String,
     }
 
     /// The container's process exited.

@@ -36,4 +36,24 @@ frozen! {
         /// The end of the build log (for the failure reply).
         pub log_tail: String,
     }
+
+    /// An existing image was used as is: it is younger than the max age.
+    pub struct ImageReusedV1 {
+        /// The repo.
+        pub repo: RepoId,
+        /// The task that needed it, if any.
+        pub task: Option<TaskId>,
+        /// The tag (content hash).
+        pub tag: String,
+        /// The image's age when reused, in seconds.
+        pub age_secs: u64,
+    }
+
+    /// A stale airut image was removed by the prune schedule.
+    pub struct ImagePrunedV1 {
+        /// The tag removed.
+        pub tag: String,
+        /// Its age, in seconds.
+        pub age_secs: u64,
+    }
 }

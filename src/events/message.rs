@@ -1,6 +1,6 @@
 //! Inbound message events: a message taken from a channel, or rejected.
 
-use super::{ConversationId, RepoId, frozen};
+use super::{ConversationId, EventId, RepoId, frozen};
 
 frozen! {
     /// Reference to content in the store's content-addressed blob keyspace.
@@ -92,5 +92,31 @@ frozen! {
         Malformed,
         /// Already received under the same idempotency key.
         Duplicate,
+    }
+
+    /// A received message that the gateway will not run a task for (e.g.
+    /// an empty reply). Ends the message's intake, so a restart does not
+    /// take it up again; the sender gets an error reply saying why.
+    pub struct MessageDismissedV1 {
+        /// The `message.received` event.
+        pub message: EventId,
+        /// The repo that received it.
+        pub repo: RepoId,
+        /// `email` or `slack`.
+        pub channel: String,
+        /// Why.
+        pub reason: DismissReason,
+        /// What the sender is told (and the operator sees).
+        pub detail: String,
+        /// The conversation it referred to, when one was found.
+        pub conversation: Option<ConversationId>,
+    }
+
+    /// Why a received message started no task.
+    pub enum DismissReason {
+        /// No text (and, for a new conversation, no subject) to act on.
+        EmptyBody,
+        /// The repo is not serving (failed boot, removed from the config).
+        RepoUnavailable,
     }
 }

@@ -228,6 +228,7 @@ catalogue! {
 
     MessageReceived(MessageReceivedV1) = 100, ver 1, Durable, "message.received";
     MessageRejected(MessageRejectedV1) = 101, ver 1, Durable, "message.rejected";
+    MessageDismissed(MessageDismissedV1) = 102, ver 1, Durable, "message.dismissed";
 
     ConversationStarted(ConversationStartedV1) = 200, ver 1, Durable, "conversation.started";
     ConversationResumed(ConversationResumedV1) = 201, ver 1, Durable, "conversation.resumed";
@@ -237,22 +238,28 @@ catalogue! {
     TaskCoalesced(TaskCoalescedV1) = 301, ver 1, Durable, "task.coalesced";
     TaskStarted(TaskStartedV1) = 302, ver 1, Durable, "task.started";
     TaskCompleted(TaskCompletedV1) = 303, ver 1, Durable, "task.completed";
+    TaskInterrupted(TaskInterruptedV1) = 304, ver 1, Durable, "task.interrupted";
+    TaskStopRequested(TaskStopRequestedV1) = 320, ver 1, Durable, "task.stop_requested";
 
     ImageBuildStarted(ImageBuildStartedV1) = 400, ver 1, Buffered, "image.build_started";
     ImageBuildOutput(ImageBuildOutputV1) = 401, ver 1, Buffered, "image.build_output";
     ImageBuildFinished(ImageBuildFinishedV1) = 402, ver 1, Durable, "image.build_finished";
+    ImagePruned(ImagePrunedV1) = 403, ver 1, Buffered, "image.pruned";
+    ImageReused(ImageReusedV1) = 404, ver 1, Buffered, "image.reused";
 
     ContainerCreated(ContainerCreatedV1) = 500, ver 1, Durable, "container.created";
     ContainerStarted(ContainerStartedV1) = 501, ver 1, Durable, "container.started";
     ContainerOutput(ContainerOutputV1) = 502, ver 1, Buffered, "container.output";
     ContainerExited(ContainerExitedV1) = 503, ver 1, Durable, "container.exited";
     ContainerStopped(ContainerStoppedV1) = 504, ver 1, Durable, "container.stopped";
+    ContainerOutputBlob(ContainerOutputBlobV1) = 505, ver 1, Buffered, "container.output_blob";
 
     ProxyRequest(ProxyRequestV1) = 600, ver 1, Buffered, "network.request";
     DnsQuery(DnsQueryV1) = 601, ver 1, Buffered, "network.dns_query";
 
     ReplySent(ReplySentV1) = 700, ver 1, Durable, "reply.sent";
     ReplyFailed(ReplyFailedV1) = 701, ver 1, Durable, "reply.failed";
+    ReplyStarted(ReplyStartedV1) = 710, ver 1, Durable, "reply.started";
 }
 
 /// The alignment rkyv payloads are decoded at (that of `AlignedVec`).

@@ -129,6 +129,14 @@ pub fn sample(ty: EventType) -> Event {
             detail: s("DMARC fail for example.net (p=reject)"),
             raw: Some(blob(0x33, 3_051)),
         }),
+        EventType::MessageDismissed => Event::MessageDismissed(MessageDismissedV1 {
+            message,
+            repo: repo.clone(),
+            channel: s("email"),
+            reason: DismissReason::EmptyBody,
+            detail: s("the message has no text; send a new message with instructions"),
+            conversation: Some(conversation),
+        }),
         EventType::ConversationStarted => Event::ConversationStarted(ConversationStartedV1 {
             conversation,
             repo,
@@ -187,6 +195,17 @@ pub fn sample(ty: EventType) -> Event {
             web_fetches: 2,
             blocked_hosts: vec![s("pypi.org")],
         }),
+        EventType::TaskInterrupted => Event::TaskInterrupted(TaskInterruptedV1 {
+            task,
+            attempt: 1,
+            rerun: true,
+            reason: s("the server restarted while the task ran"),
+        }),
+        EventType::TaskStopRequested => Event::TaskStopRequested(TaskStopRequestedV1 {
+            task,
+            requested_by: s("dashboard:alice@example.com"),
+            reason: s("stop button on the task page"),
+        }),
         EventType::ImageBuildStarted => Event::ImageBuildStarted(ImageBuildStartedV1 {
             repo,
             task: Some(task),
@@ -206,6 +225,16 @@ pub fn sample(ty: EventType) -> Event {
                 "COMMIT airut-repo:4f9c2a0e7b13d8c5\nSuccessfully tagged localhost/airut-repo:4f9c2a0e7b13d8c5",
             ),
         }),
+        EventType::ImagePruned => Event::ImagePruned(ImagePrunedV1 {
+            tag: s("airut-repo:0c1d2e3f4a5b6c7d"),
+            age_secs: 190_800,
+        }),
+        EventType::ImageReused => Event::ImageReused(ImageReusedV1 {
+            repo: repo.clone(),
+            task: Some(task),
+            tag: s("airut-repo:4f9c2a0e7b13d8c5"),
+            age_secs: 3_725,
+        }),
         EventType::ContainerCreated => Event::ContainerCreated(ContainerCreatedV1 {
             task,
             container_id: s("3f7a9c21d0e4"),
@@ -222,6 +251,16 @@ pub fn sample(ty: EventType) -> Event {
             kind: OutputKind::Assistant,
             raw: s(
                 r#"{"type":"assistant","message":{"content":[{"type":"tool_use","id":"toolu_01","name":"TodoWrite","input":{"todos":[{"content":"Add regression test","status":"in_progress","activeForm":"Adding regression test"}]}}]}}"#,
+            ),
+        }),
+        EventType::ContainerOutputBlob => Event::ContainerOutputBlob(ContainerOutputBlobV1 {
+            task,
+            stream: OutputStream::Stdout,
+            line_no: 18,
+            kind: OutputKind::User,
+            blob: blob(0x33, 1_048_576),
+            preview: s(
+                r#"{"type":"user","message":{"role":"user","content":[{"tool_use_id":"toolu_02","type":"tool_result","content":"..."#,
             ),
         }),
         EventType::ContainerExited => Event::ContainerExited(ContainerExitedV1 {
@@ -280,6 +319,14 @@ pub fn sample(ty: EventType) -> Event {
             kind: ReplyKind::Result,
             error: s("SMTP 451 4.3.0 temporary server error"),
             attempts: 2,
+        }),
+        EventType::ReplyStarted => Event::ReplyStarted(ReplyStartedV1 {
+            conversation,
+            task: Some(task),
+            channel: s("email"),
+            kind: ReplyKind::Result,
+            key: s("result:0191e3a4-1c2b-7def-8a01-23456789abcd"),
+            message_id: s("<airut.1a2b3c4d.1787421059.7d2e11f0@example.com>"),
         }),
     }
 }

@@ -119,6 +119,18 @@ impl Event {
                 }
                 out
             }
+            Event::MessageDismissed(e) => {
+                let reason = match e.reason {
+                    DismissReason::EmptyBody => "empty message",
+                    DismissReason::RepoUnavailable => "repo unavailable",
+                };
+                format!(
+                    "{} message {} to {} dismissed: {reason}",
+                    text(&e.channel),
+                    e.message,
+                    text(&e.repo.0)
+                )
+            }
             Event::ConversationStarted(e) => {
                 let mut out = format!(
                     "conversation {} started in {} over {}",
@@ -177,6 +189,17 @@ impl Event {
                     e.task, e.attempt
                 ),
             },
+            Event::TaskStopRequested(e) => {
+                let mut out = format!(
+                    "task {} stop requested by {}",
+                    e.task,
+                    text(&e.requested_by)
+                );
+                if !e.reason.is_empty() {
+                    let _ = write!(out, ": {}", text(&e.reason));
+                }
+                out
+            }
             Event::TaskCompleted(e) => {
                 let mut out = format!(
                     "task {} completed: {:?} in {}",
@@ -198,6 +221,17 @@ impl Event {
                 }
                 out
             }
+            Event::TaskInterrupted(e) => format!(
+                "task {} interrupted in attempt {} ({}): {}",
+                e.task,
+                e.attempt,
+                if e.rerun {
+                    "will run again"
+                } else {
+                    "not re-run"
+                },
+                text(&e.reason)
+            ),
             Event::ImageBuildStarted(e) => {
                 let mut out = format!(
                     "image {} build started for {}",
@@ -234,6 +268,29 @@ impl Event {
                     )
                 }
             }
+            Event::ImagePruned(e) => format!(
+                "image {} pruned (age {})",
+                text(&e.tag),
+                duration_ms(e.age_secs.saturating_mul(1000))
+            ),
+            Event::ImageReused(e) => format!(
+                "image {} reused for {} (age {})",
+                text(&e.tag),
+                text(&e.repo.0),
+                duration_ms(e.age_secs.saturating_mul(1000))
+            ),
+            Event::ContainerOutputBlob(e) => format!(
+                "task {} {}:{} long line of {} bytes in blob {}: {}",
+                e.task,
+                match e.stream {
+                    OutputStream::Stdout => "stdout",
+                    OutputStream::Stderr => "stderr",
+                },
+                e.line_no,
+                e.blob.size,
+                crate::log::blobs::hex(&e.blob.hash),
+                text(&e.preview)
+            ),
             Event::ContainerCreated(e) => format!(
                 "container {} created for task {} from {}",
                 text(&e.container_id),
@@ -313,6 +370,13 @@ impl Event {
                 push_notes(&mut out, &notes);
                 out
             }
+            Event::ReplyStarted(e) => format!(
+                "{} reply started in conversation {} over {} as {}",
+                reply_kind(&e.kind),
+                e.conversation,
+                text(&e.channel),
+                text(&e.message_id)
+            ),
             Event::ReplyFailed(e) => format!(
                 "{} reply failed in conversation {} over {} after {}: {}",
                 reply_kind(&e.kind),

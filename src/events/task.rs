@@ -75,6 +75,19 @@ frozen! {
         pub blocked_hosts: Vec<String>,
     }
 
+    /// Someone asked to stop a queued or running task (the dashboard's Stop
+    /// button). Durable: the gateway acts on it (stops the container, ends
+    /// the task as `Stopped`); the request itself changes nothing else.
+    pub struct TaskStopRequestedV1 {
+        /// The task.
+        pub task: TaskId,
+        /// Who asked: `dashboard:<user>` for a reverse-proxy user,
+        /// `dashboard:token`, `dashboard:local` (loopback without auth).
+        pub requested_by: String,
+        /// Why, as given (may be empty).
+        pub reason: String,
+    }
+
     /// How a task ended.
     pub enum TaskOutcome {
         /// The agent finished.
@@ -96,5 +109,20 @@ frozen! {
         /// airut itself failed around the run (workspace clone, mirror
         /// update, allowlist parse, Claude binary fetch); `reason` says which.
         InternalError,
+    }
+
+    /// A task's run was cut off (the server crashed or shut down while it
+    /// ran). With `rerun` it goes back to the queue and runs once more
+    /// (resuming its Claude session when one was recorded); without, a
+    /// `task.completed` with outcome `Interrupted` follows.
+    pub struct TaskInterruptedV1 {
+        /// The task.
+        pub task: TaskId,
+        /// The attempt that was cut off.
+        pub attempt: u32,
+        /// Whether the task runs again.
+        pub rerun: bool,
+        /// What happened (crash found at boot, shutdown deadline passed).
+        pub reason: String,
     }
 }

@@ -382,6 +382,12 @@ impl Audit {
         self.scan(q, None, false)
     }
 
+    /// Every row matching `q`, newest first, starting before `before`,
+    /// streamed from one snapshot (the dashboard's filtered network view).
+    pub fn iter_newest(&self, q: &AuditQuery, before: Option<AuditCursor>) -> AuditRows {
+        self.scan(q, before, true)
+    }
+
     /// One page of rows matching `q`, newest first, starting before
     /// `before` (the `next` of a previous page).
     pub fn page(

@@ -36,7 +36,7 @@ use super::store::{self, Namespace, Views};
 /// The projection's name (keyspace prefix `proj_board_`).
 pub(crate) const NAME: &str = "board";
 /// Bump when the stored shape or the fold changes: the state is rebuilt.
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 /// Data keyspaces (the meta keyspace aside).
 pub(crate) const KEYSPACES: &[&str] = &["tasks", "index", "summary"];
 
@@ -120,6 +120,20 @@ pub struct Task {
     pub oom_killed: bool,
     /// Why airut stopped the container, if it did.
     pub stopped: Option<StopReason>,
+    /// The latest `task.stop_requested`, if someone asked to stop it.
+    #[serde(default)]
+    pub stop_requested: Option<StopRequest>,
+}
+
+/// A request to stop a task (the dashboard's Stop button).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopRequest {
+    /// Who asked.
+    pub by: String,
+    /// Why, as given.
+    pub reason: String,
+    /// When.
+    pub at: Activity,
 }
 
 /// The agent's todo list, from its latest `TodoWrite` tool use.
@@ -334,6 +348,7 @@ impl Task {
             exit_code: None,
             oom_killed: false,
             stopped: None,
+            stop_requested: None,
         }
     }
 
@@ -370,6 +385,11 @@ impl Task {
                 self.web_fetches = Some(e.web_fetches);
                 self.blocked_hosts = e.blocked_hosts.clone();
             }
+            // A re-run waits for a slot again. A finished task stays
+            // finished: an interruption only applies to one that ran.
+            Event::TaskInterrupted(e) if e.rerun && self.state != TaskState::Done => {
+                self.state = TaskState::Queued
+            }
             Event::ContainerCreated(e) => self.container_id = Some(e.container_id.clone()),
             Event::ContainerStarted(e) => self.container_id = Some(e.container_id.clone()),
             Event::ContainerOutput(e) => {
@@ -386,6 +406,20 @@ impl Task {
                 self.oom_killed = e.oom_killed;
             }
             Event::ContainerStopped(e) => self.stopped = Some(e.reason.clone()),
+            Event::ContainerOutputBlob(e) => {
+                self.output_lines += 1;
+                self.last_output_kind = Some(e.kind.clone());
+            }
+            Event::TaskStopRequested(e) => {
+                self.stop_requested = Some(StopRequest {
+                    by: e.requested_by.clone(),
+                    reason: e.reason.clone(),
+                    at: Activity {
+                        seq: header.seq,
+                        timestamp_us: header.timestamp_us,
+                    },
+                });
+            }
             _ => {}
         }
     }
@@ -535,16 +569,19 @@ impl ServerInfo {
 }
 
 /// The task an event is about, for task-level events.
-fn task_of(event: &Event) -> Option<TaskId> {
+pub fn task_of(event: &Event) -> Option<TaskId> {
     match event {
         Event::TaskCoalesced(e) => Some(e.task),
         Event::TaskStarted(e) => Some(e.task),
         Event::TaskCompleted(e) => Some(e.task),
+        Event::TaskInterrupted(e) => Some(e.task),
+        Event::TaskStopRequested(e) => Some(e.task),
         Event::ContainerCreated(e) => Some(e.task),
         Event::ContainerStarted(e) => Some(e.task),
         Event::ContainerOutput(e) => Some(e.task),
         Event::ContainerExited(e) => Some(e.task),
         Event::ContainerStopped(e) => Some(e.task),
+        Event::ContainerOutputBlob(e) => Some(e.task),
         _ => None,
     }
 }

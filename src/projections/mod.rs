@@ -44,7 +44,7 @@ mod tests;
 pub use audit::{Audit, AuditCursor, AuditEntry, AuditPage, AuditQuery, AuditRow, AuditRows};
 pub use board::{
     Board, ChannelStatus, ConfigInfo, Order, Repo, RepoBoot, ServerInfo, ServerStart, ServerStop,
-    StateCounts, Task, TaskFilter, TaskPage, TaskState, TodoItem, TodoProgress,
+    StateCounts, StopRequest, Task, TaskFilter, TaskPage, TaskState, TodoItem, TodoProgress,
 };
 pub use conversations::{Activity, Conversation, Conversations, MessageRef};
 

@@ -7,15 +7,26 @@
 //! `dmarc=pass`), authorize ([`trust::authorize`]: the sender allowlist),
 //! build the [`ParsedMessage`] ([`parse`]), and refuse machine-written mail
 //! ([`loop_guard`]). A rejected message becomes a `message.rejected` event
-//! and gets no reply. Nothing here touches the network or the disk; the
-//! IMAP source, SMTP sink and config live beside it (later issues).
-//! See doc/email.md for the rules in prose.
+//! and gets no reply. Those steps touch neither the network nor the disk.
+//!
+//! The network parts live beside them: [`source`] (IMAP: record each mail
+//! durably, then delete it), [`sink`] (SMTP replies, at most once per key),
+//! [`config`] (runtime settings from `repos.<id>.email`), [`oauth`]
+//! (Microsoft 365 tokens), [`tls`] and [`markdown`] (reply HTML).
+//! [`spawn`] starts a repo's channel. See doc/email.md for the rules in
+//! prose and the setup guide.
 
 pub mod bench;
+pub mod config;
 mod html;
 pub mod loop_guard;
+pub mod markdown;
+pub mod oauth;
 pub mod parse;
 pub mod quotes;
+pub mod sink;
+pub mod source;
+pub mod tls;
 pub mod trust;
 
 use mail_parser::MessageParser;
@@ -26,6 +37,52 @@ pub use parse::{Attachment, ParseContext, ParseError, ParsedMessage, parse};
 pub use trust::{Allowlist, TrustConfig, TrustDecision, authenticate, authorize};
 
 use crate::events::RejectReason;
+
+pub use config::{Credentials, EmailSettings};
+pub use sink::{EmailSink, OutboundAttachment, OutboundReply, SendOutcome};
+pub use source::{HealthState, Intake, SourceHooks};
+
+/// A running email channel of one repo.
+pub struct EmailChannel {
+    /// Accepted mail, each already recorded durably as `message.received`
+    /// (rejections are recorded and not sent here). After a restart, mail
+    /// recorded but not yet handled is found in the log, not here.
+    pub inbound: tokio::sync::mpsc::Receiver<Intake>,
+    /// Sends replies.
+    pub sink: EmailSink,
+    /// The IMAP connection's health.
+    pub health: tokio::sync::watch::Receiver<HealthState>,
+    /// The source task; ends after `cancel` fires.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the email channel of one repo: the IMAP source (until `cancel`
+/// fires) and a sink for replies.
+pub fn spawn(
+    settings: std::sync::Arc<EmailSettings>,
+    log: crate::log::Log,
+    cancel: tokio_util::sync::CancellationToken,
+) -> EmailChannel {
+    spawn_with_hooks(settings, log, cancel, SourceHooks::default())
+}
+
+/// [`spawn`] with test hooks.
+pub fn spawn_with_hooks(
+    settings: std::sync::Arc<EmailSettings>,
+    log: crate::log::Log,
+    cancel: tokio_util::sync::CancellationToken,
+    hooks: SourceHooks,
+) -> EmailChannel {
+    let (tx, inbound) = tokio::sync::mpsc::channel(64);
+    let sink = EmailSink::new(std::sync::Arc::clone(&settings), log.clone());
+    let handle = source::spawn_source(settings, log, tx, cancel, hooks);
+    EmailChannel {
+        inbound,
+        sink,
+        health: handle.health,
+        task: handle.task,
+    }
+}
 
 /// What intake decided about one inbound mail.
 #[derive(Debug, Clone, PartialEq, Serialize)]
