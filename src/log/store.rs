@@ -204,24 +204,23 @@ impl Store {
     /// A stream's events from `from_version` up to its version now,
     /// through a fresh snapshot every [`SEGMENT`] events.
     pub fn stream_iter(&self, stream: &StreamId, from_version: u64) -> StreamIter {
-        // A broken index entry shows up as an error while iterating.
-        let last = self
-            .stream_head(stream)
-            .map_or(u64::MAX, |head| head.map_or(0, |(version, _)| version));
-        let mut iter = StreamIter {
+        let snapshot = self.db.snapshot();
+        let expected = from_version.max(1);
+        let start = codec::stream_key(stream, expected);
+        let end = codec::stream_key(stream, u64::MAX);
+        let index = snapshot.range(&self.streams, start..=end);
+        StreamIter {
             db: self.db.clone(),
-            snapshot: self.db.snapshot(),
+            snapshot,
             events: self.events.clone(),
             streams: self.streams.clone(),
-            index: None,
+            index: Some(index),
             stream: stream.clone(),
-            expected: from_version.max(1),
-            last,
+            expected,
+            last: None,
             in_segment: 0,
             done: false,
-        };
-        iter.refresh();
-        iter
+        }
     }
 
     /// Current version of a stream (0 when it has none).
@@ -562,8 +561,9 @@ pub(super) struct StreamIter {
     index: Option<fjall::Iter>,
     stream: StreamId,
     expected: u64,
-    /// The last version to deliver.
-    last: u64,
+    /// The last version to deliver: the stream's version in the first
+    /// snapshot, looked up when a second one is needed.
+    last: Option<u64>,
     /// Entries read through the current snapshot.
     in_segment: u64,
     done: bool,
@@ -572,11 +572,26 @@ pub(super) struct StreamIter {
 impl StreamIter {
     /// A fresh snapshot and index range from the next expected version.
     fn refresh(&mut self) {
+        let last = match self.last {
+            Some(last) => last,
+            None => {
+                // From the first snapshot: later appends are not ours to read.
+                let last = self
+                    .snapshot
+                    .prefix(&self.streams, codec::stream_prefix(&self.stream))
+                    .next_back()
+                    .and_then(|g| g.key().ok())
+                    .and_then(|k| codec::parse_stream_key_version(&k))
+                    .unwrap_or(u64::MAX);
+                self.last = Some(last);
+                last
+            }
+        };
         self.snapshot = self.db.snapshot();
         let start = codec::stream_key(&self.stream, self.expected);
-        let end = codec::stream_key(&self.stream, self.last);
+        let end = codec::stream_key(&self.stream, last);
         self.index =
-            (self.expected <= self.last).then(|| self.snapshot.range(&self.streams, start..=end));
+            (self.expected <= last).then(|| self.snapshot.range(&self.streams, start..=end));
         self.in_segment = 0;
     }
 }
