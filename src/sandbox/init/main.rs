@@ -12,7 +12,10 @@
 //! * when the proxy socket `/run/airut/proxy.sock` is mounted, starts the
 //!   network relay (`relay.rs`) first, and refuses to start PROGRAM if the
 //!   relay cannot run: exit 125, so no task ever runs with a half-made
-//!   network sandbox.
+//!   network sandbox; then points the resolver at the relay
+//!   (`/etc/resolv.conf` → `nameserver 127.0.0.1`): with `--network none`
+//!   the engine copies the host's resolv.conf, whose servers cannot be
+//!   reached, so names would not resolve at all;
 //!
 //! Uses std and libc only. Exit codes of its own: 125 (setup failed),
 //! 127 (PROGRAM could not be started).
@@ -29,6 +32,8 @@ use std::process::Command;
 
 const PROXY_SOCKET: &str = "/run/airut/proxy.sock";
 const CA_CERT: &str = "/run/airut/ca.crt";
+/// The resolver configuration pointed at the relay's DNS.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
 /// Where Debian-style `update-ca-certificates` looks for local CAs.
 const LOCAL_CA_COPY: &str = "/usr/local/share/ca-certificates/airut-task-ca.crt";
 /// The system bundles of the usual distributions; the CA is appended to
@@ -58,6 +63,14 @@ fn main() {
             &format!(
                 "network relay could not start ({e}); refusing to run without the network sandbox"
             ),
+        );
+    }
+    if Path::new(PROXY_SOCKET).exists()
+        && let Err(e) = point_resolver_at_relay()
+    {
+        fail(
+            125,
+            &format!("cannot write {RESOLV_CONF} ({e}); names would not resolve"),
         );
     }
 
@@ -171,6 +184,20 @@ fn block(set: &libc::sigset_t) {
     let r = unsafe { libc::sigprocmask(libc::SIG_BLOCK, set, std::ptr::null_mut()) };
     if r != 0 {
         fail(125, "cannot block signals");
+    }
+}
+
+/// Makes the relay (127.0.0.1:53) the only name server. A dangling
+/// symlink (systemd-resolved style) is replaced by a file.
+fn point_resolver_at_relay() -> std::io::Result<()> {
+    const CONTENT: &[u8] =
+        b"# written by airut-init: DNS is answered by the network relay\nnameserver 127.0.0.1\n";
+    match std::fs::write(RESOLV_CONF, CONTENT) {
+        Ok(()) => Ok(()),
+        Err(_) => {
+            let _ = std::fs::remove_file(RESOLV_CONF);
+            std::fs::write(RESOLV_CONF, CONTENT)
+        }
     }
 }
 
