@@ -67,7 +67,7 @@ fn setup() -> &'static SetupEnv {
 /// `airut-init` linked statically, built once per test run with
 /// `cargo rustc` (only the init is relinked; the rest comes from the build
 /// that made this test binary).
-fn static_init() -> &'static Path {
+pub(crate) fn static_init() -> &'static Path {
     static INIT: OnceLock<PathBuf> = OnceLock::new();
     INIT.get_or_init(|| {
         let exe = std::env::current_exe().expect("test exe");
@@ -101,13 +101,13 @@ fn static_init() -> &'static Path {
     })
 }
 
-async fn engine() -> Engine {
+pub(crate) async fn engine() -> Engine {
     Engine::connect(Some(&setup().docker_host))
         .await
         .expect("connect to the podman socket from sandbox.env")
 }
 
-fn open_log(dir: &Path) -> Log {
+pub(crate) fn open_log(dir: &Path) -> Log {
     Log::open(
         &dir.join("log"),
         LogOptions {
@@ -119,14 +119,14 @@ fn open_log(dir: &Path) -> Log {
     .expect("open log")
 }
 
-struct Conv {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    mounts: Mounts,
-    stream: StreamId,
+pub(crate) struct Conv {
+    pub(crate) _dir: tempfile::TempDir,
+    pub(crate) root: PathBuf,
+    pub(crate) mounts: Mounts,
+    pub(crate) stream: StreamId,
 }
 
-fn conv() -> Conv {
+pub(crate) fn conv() -> Conv {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_owned();
     let mk = |n: &str| {
@@ -157,7 +157,7 @@ fn for_(stream: &StreamId) -> BuildFor {
     }
 }
 
-fn busybox_spec() -> ImageSpec {
+pub(crate) fn busybox_spec() -> ImageSpec {
     let bb = std::fs::read(&setup().busybox).expect("busybox-static");
     ImageSpec::repo(
         "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nWORKDIR /workspace\n",
@@ -165,7 +165,7 @@ fn busybox_spec() -> ImageSpec {
     )
 }
 
-fn debian_spec() -> ImageSpec {
+pub(crate) fn debian_spec() -> ImageSpec {
     ImageSpec::repo(
         "FROM debian:bookworm-slim\n\
          RUN git config --system user.email agent@example.com && git config --system user.name 'Sandbox Agent' \
@@ -175,7 +175,7 @@ fn debian_spec() -> ImageSpec {
     )
 }
 
-async fn image(engine: &Engine, log: &Log, spec: &ImageSpec) -> String {
+pub(crate) async fn image(engine: &Engine, log: &Log, spec: &ImageSpec) -> String {
     let cache = ImageCache::new(engine.clone(), log.clone(), Duration::from_secs(3600));
     cache
         .ensure(spec, false, &for_(&StreamId::server()))
@@ -184,7 +184,7 @@ async fn image(engine: &Engine, log: &Log, spec: &ImageSpec) -> String {
 }
 
 /// A shell script standing in for Claude Code.
-fn fake_claude(c: &Conv, body: &str) -> PathBuf {
+pub(crate) fn fake_claude(c: &Conv, body: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let p = c.root.join("fake-claude");
     std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
@@ -192,7 +192,7 @@ fn fake_claude(c: &Conv, body: &str) -> PathBuf {
     p
 }
 
-fn request(c: &Conv, image: &str, claude: PathBuf, prompt: &str) -> RunRequest {
+pub(crate) fn request(c: &Conv, image: &str, claude: PathBuf, prompt: &str) -> RunRequest {
     RunRequest {
         task: TaskId::new(),
         stream: c.stream.clone(),
@@ -212,13 +212,13 @@ fn request(c: &Conv, image: &str, claude: PathBuf, prompt: &str) -> RunRequest {
     }
 }
 
-fn events(log: &Log, stream: &StreamId) -> Vec<Event> {
+pub(crate) fn events(log: &Log, stream: &StreamId) -> Vec<Event> {
     log.stream_iter(stream, 1)
         .map(|r| r.expect("read").decode().expect("decode"))
         .collect()
 }
 
-fn output_lines(evs: &[Event], which: OutputStream) -> Vec<(OutputKind, String)> {
+pub(crate) fn output_lines(evs: &[Event], which: OutputStream) -> Vec<(OutputKind, String)> {
     evs.iter()
         .filter_map(|e| match e {
             Event::ContainerOutput(o) if o.stream == which => Some((o.kind.clone(), o.raw.clone())),

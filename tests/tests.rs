@@ -12,6 +12,7 @@ mod email_support;
 mod events;
 mod gateway;
 mod log;
+mod netsec;
 mod projections;
 mod proxy;
 mod sandbox;

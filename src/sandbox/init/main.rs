@@ -12,7 +12,10 @@
 //! * when the proxy socket `/run/airut/proxy.sock` is mounted, starts the
 //!   network relay (`relay.rs`) first, and refuses to start PROGRAM if the
 //!   relay cannot run: exit 125, so no task ever runs with a half-made
-//!   network sandbox.
+//!   network sandbox; then points the resolver at the relay
+//!   (`/etc/resolv.conf` → `nameserver 127.0.0.1`): with `--network none`
+//!   the engine copies the host's resolv.conf, whose servers cannot be
+//!   reached, so names would not resolve at all;
 //!
 //! Uses std and libc only. Exit codes of its own: 125 (setup failed),
 //! 127 (PROGRAM could not be started).
@@ -29,6 +32,8 @@ use std::process::Command;
 
 const PROXY_SOCKET: &str = "/run/airut/proxy.sock";
 const CA_CERT: &str = "/run/airut/ca.crt";
+/// The resolver configuration pointed at the relay's DNS.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
 /// Where Debian-style `update-ca-certificates` looks for local CAs.
 const LOCAL_CA_COPY: &str = "/usr/local/share/ca-certificates/airut-task-ca.crt";
 /// The system bundles of the usual distributions; the CA is appended to
@@ -63,9 +68,10 @@ fn main() {
     if Path::new(PROXY_SOCKET).exists()
         && let Err(e) = point_resolver_at_relay()
     {
-        // Not a hole: without the resolver names do not resolve, and
-        // nothing but the relay leads out anyway.
-        eprintln!("airut-init: cannot write {RESOLV_CONF} ({e}); names will not resolve");
+        fail(
+            125,
+            &format!("cannot write {RESOLV_CONF} ({e}); names would not resolve"),
+        );
     }
 
     let mut cmd = Command::new(&program);
@@ -181,20 +187,22 @@ fn block(set: &libc::sigset_t) {
     }
 }
 
-/// Copies the CA where `update-ca-certificates` finds it and appends it to
-/// every system bundle present. Returns the bundle to point tools at.
-const RESOLV_CONF: &str = "/etc/resolv.conf";
-
-/// Points the C library's resolver (and Node's, which reads the same file)
-/// at the relay's DNS answerer on loopback. The engine writes its own
-/// resolv.conf (the host's servers), which `--network none` cannot reach.
+/// Makes the relay (127.0.0.1:53) the only name server. A dangling
+/// symlink (systemd-resolved style) is replaced by a file.
 fn point_resolver_at_relay() -> std::io::Result<()> {
-    std::fs::write(
-        RESOLV_CONF,
-        "# Written by airut-init: the relay answers every name on loopback.\nnameserver 127.0.0.1\noptions ndots:0 attempts:1\n",
-    )
+    const CONTENT: &[u8] =
+        b"# written by airut-init: DNS is answered by the network relay\nnameserver 127.0.0.1\n";
+    match std::fs::write(RESOLV_CONF, CONTENT) {
+        Ok(()) => Ok(()),
+        Err(_) => {
+            let _ = std::fs::remove_file(RESOLV_CONF);
+            std::fs::write(RESOLV_CONF, CONTENT)
+        }
+    }
 }
 
+/// Copies the CA where `update-ca-certificates` finds it and appends it to
+/// every system bundle present. Returns the bundle to point tools at.
 fn install_ca() -> std::io::Result<Option<String>> {
     let pem = std::fs::read(CA_CERT)?;
     if let Some(dir) = Path::new(LOCAL_CA_COPY).parent()
