@@ -577,7 +577,7 @@ fn conversation_of(subject: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn email_to_sandboxed_agent_to_threaded_reply_then_a_resumed_session() {
-    let mut w = World::new("write_and_commit").await;
+    let mut w = World::new("e2e_report").await;
     let log = w.server_log();
 
     // (5) A spoofed sender (DMARC fails) and an unauthorized one, first in
@@ -651,7 +651,7 @@ async fn email_to_sandboxed_agent_to_threaded_reply_then_a_resumed_session() {
             b"# Report\n\nEverything checked.\n".to_vec()
         )]
     );
-    assert_eq!(w.mock.served(), 4, "every scripted turn was asked for");
+    assert_eq!(w.mock.served(), 5, "every scripted turn was asked for");
     let ws = w.workspace(&conv);
     assert_eq!(
         git(&ws, &["log", "-1", "--format=%s"]).trim(),
@@ -669,6 +669,22 @@ async fn email_to_sandboxed_agent_to_threaded_reply_then_a_resumed_session() {
     // swapped in for the surrogate it was given.
     let agent = w.mock.agent_requests();
     assert!(!agent.is_empty());
+    let keys = w.mock.api_keys();
+    assert!(
+        !keys.is_empty() && keys.iter().all(|k| k == "sk-ant-test-not-a-real-key"),
+        "the mock saw only the real key, never the surrogate: {keys:?}"
+    );
+    // The agent's curl to a host the allowlist does not name got the
+    // proxy's 403 JSON, which went back to the model as the tool result.
+    let after_probe = agent
+        .iter()
+        .find(|r| r["messages"].to_string().contains("toolu_04"))
+        .map(|r| r["messages"].to_string())
+        .unwrap_or_default();
+    assert!(
+        after_probe.contains("blocked_by_network_allowlist"),
+        "the tool result carries the 403 body: {after_probe}"
+    );
 
     // (2) A reply to the reply continues the conversation and the session.
     let thread = vec![format!("<{first_id}>"), result.message_id.clone()];
@@ -728,5 +744,18 @@ async fn email_to_sandboxed_agent_to_threaded_reply_then_a_resumed_session() {
     assert!(
         audit.contains("api.anthropic.com"),
         "the audit has the API requests:\n{audit}"
+    );
+    let csv = w.cli(&[
+        "audit",
+        "export",
+        "--conversation",
+        &conv,
+        "--format",
+        "csv",
+    ]);
+    assert!(
+        csv.lines()
+            .any(|l| l.contains(",blocked,") && l.contains("blocked.example.org")),
+        "the audit has the blocked request:\n{csv}"
     );
 }

@@ -38,6 +38,7 @@ struct Shared {
     turns: Mutex<Vec<Value>>,
     next: Mutex<usize>,
     requests: Mutex<Vec<Value>>,
+    api_keys: Mutex<Vec<String>>,
 }
 
 impl MockAnthropic {
@@ -93,6 +94,11 @@ impl MockAnthropic {
         self.requests().into_iter().filter(is_agent).collect()
     }
 
+    /// The `x-api-key` header of every request, in order (empty when absent).
+    pub fn api_keys(&self) -> Vec<String> {
+        self.state.api_keys.lock().expect("lock").clone()
+    }
+
     /// How many scripted turns were served.
     pub fn served(&self) -> usize {
         *self.state.next.lock().expect("lock")
@@ -107,10 +113,16 @@ async fn fallback(uri: axum::http::Uri) -> Response {
     (StatusCode::NOT_FOUND, format!("mock: no route for {uri}")).into_response()
 }
 
-async fn messages(State(state): State<Arc<Shared>>, _headers: HeaderMap, body: Bytes) -> Response {
+async fn messages(State(state): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let Ok(req) = serde_json::from_slice::<Value>(&body) else {
         return (StatusCode::BAD_REQUEST, "mock: body is not JSON").into_response();
     };
+    let key = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    state.api_keys.lock().expect("lock").push(key);
     state.requests.lock().expect("lock").push(req.clone());
     let model = req["model"].as_str().unwrap_or("claude-mock").to_owned();
     let stream = req["stream"].as_bool().unwrap_or(false);
