@@ -8,4 +8,7 @@ cd "$repo_root"
 ensure_rust
 ensure_debs git ca-certificates
 cargo build --locked --release --bin airut
+# The sandbox init, linked statically, beside airut (where `airut run` looks
+# for it; see doc/deployment.md).
+cargo rustc --locked --release --bin airut-init -- -C target-feature=+crt-static
 exec "$CARGO_TARGET_DIR/release/airut" run "$@"
