@@ -311,6 +311,11 @@ struct World {
 
 impl World {
     async fn new(script: &str) -> World {
+        World::with_timeout(script, "400s").await
+    }
+
+    /// A world whose repo has `resource_limits.timeout: {timeout}`.
+    async fn with_timeout(script: &str, timeout: &str) -> World {
         let env = sandbox_env();
         let root = tempfile::Builder::new()
             .prefix("airut-e2e-")
@@ -340,7 +345,7 @@ repos:
     repo_url: {remote}
     model: claude-mock
     resource_limits:
-      timeout: 400s
+      timeout: {timeout}
     email:
       address: airut@example.net
       from: "Airut <airut@example.net>"
@@ -381,6 +386,7 @@ repos:
                 imap = dovecot.port,
                 smtp = smtp.port,
                 mock = mock.addr.port(),
+                timeout = timeout,
             ),
         )
         .unwrap();
@@ -425,6 +431,14 @@ repos:
     }
 
     /// Runs an `airut` CLI command against the running server.
+    /// Kills the server with SIGKILL (no shutdown at all) and reaps it.
+    fn kill_server(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
     fn cli(&self, args: &[&str]) -> String {
         let out = Command::new(&self.airut)
             .arg("--config")
@@ -757,5 +771,120 @@ async fn email_to_sandboxed_agent_to_threaded_reply_then_a_resumed_session() {
         csv.lines()
             .any(|l| l.contains(",blocked,") && l.contains("blocked.example.org")),
         "the audit has the blocked request:\n{csv}"
+    );
+}
+
+/// Mails that are not the "Started working on this" acknowledgement.
+fn answers(mails: &[Received]) -> Vec<Mail> {
+    mails
+        .iter()
+        .map(parse_mail)
+        .filter(|m| !m.text.contains("Started working on this"))
+        .collect()
+}
+
+/// (7) The execution timeout ends a task; the reply says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_execution_timeout_ends_a_task_with_a_clear_reply() {
+    let mut w = World::with_timeout("e2e_slow_turn", "15s").await;
+    let log = w.server_log();
+    w.dovecot
+        .deliver(
+            &mail(
+                "alice@example.com",
+                "slow-1@example.com",
+                "Take your time",
+                "Think about it for a long while.",
+                "pass",
+                &[],
+            ),
+            None,
+        )
+        .await;
+    let mails = w.wait_mails(2).await;
+    let ack = parse_mail(&mails[0]);
+    assert!(ack.text.contains("Started working on this"), "{ack:?}");
+    let reply = parse_mail(&mails[1]);
+    assert_eq!(reply.in_reply_to, "<slow-1@example.com>", "{reply:?}");
+    assert!(
+        reply
+            .text
+            .contains("The task was interrupted after 15 seconds (the repo's time limit)"),
+        "{reply:?}\n{}",
+        tail(&log)
+    );
+    assert!(
+        !reply.text.contains("Too late"),
+        "the held answer never made it: {reply:?}"
+    );
+    let story = w.cli(&["replay", &conversation_of(&ack.subject)]);
+    assert!(story.contains("task.started"), "{story}");
+}
+
+/// (6) SIGKILL while a task runs, then a restart: the message is answered
+/// exactly once and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_answers_the_running_task_exactly_once_after_restart() {
+    let mut w = World::new("e2e_crash").await;
+    let log = w.server_log();
+    w.dovecot
+        .deliver(
+            &mail(
+                "alice@example.com",
+                "crash-1@example.com",
+                "Survive this",
+                "Please answer even if you crash.",
+                "pass",
+                &[],
+            ),
+            None,
+        )
+        .await;
+    // The ack is out and the agent is waiting on the held first turn.
+    let mails = w.wait_mails(1).await;
+    assert!(
+        parse_mail(&mails[0])
+            .text
+            .contains("Started working on this")
+    );
+    let deadline = tokio::time::Instant::now() + AGENT_PATIENCE;
+    while w.mock.agent_requests().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent never asked the API:\n{}",
+            tail(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    w.kill_server();
+    assert!(
+        answers(&w.smtp.mails()).is_empty(),
+        "no answer before the kill"
+    );
+
+    w.start_server();
+    let deadline = tokio::time::Instant::now() + AGENT_PATIENCE;
+    while answers(&w.smtp.mails()).is_empty() {
+        let alive = w
+            .server
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        assert!(
+            tokio::time::Instant::now() < deadline && alive,
+            "no answer after the restart (alive: {alive}):\n{}",
+            tail(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Let anything that would come twice come.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let all = w.smtp.mails();
+    let answered = answers(&all);
+    assert_eq!(answered.len(), 1, "exactly one answer: {answered:?}");
+    assert_eq!(answered[0].in_reply_to, "<crash-1@example.com>");
+    assert!(
+        all.iter()
+            .all(|m| m.rcpt_to == vec!["<alice@example.com>".to_owned()]),
+        "{all:?}"
     );
 }
