@@ -14,7 +14,11 @@
 //! the agent's commit is in the workspace; (2) a reply continues the same
 //! conversation and Claude session; (5) a spoofed and an unauthorized
 //! sender start nothing and get nothing; (8) `airut replay` and
-//! `airut audit export --conversation` tell the story.
+//! `airut audit export --conversation` tell the story; (7) the repo's
+//! execution timeout ends a task with a reply that says so; (6) a server
+//! killed with SIGKILL mid-task answers the message exactly once after a
+//! restart; (3) three follow-ups while a task runs make exactly one next
+//! task.
 
 #![allow(
     clippy::unwrap_used,
@@ -887,4 +891,93 @@ async fn a_killed_server_answers_the_running_task_exactly_once_after_restart() {
             .all(|m| m.rcpt_to == vec!["<alice@example.com>".to_owned()]),
         "{all:?}"
     );
+}
+
+/// (3) Three quick follow-ups while a task runs make exactly one next task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_follow_ups_during_a_task_make_exactly_one_next_task() {
+    let mut w = World::new("e2e_followups").await;
+    let log = w.server_log();
+    let first_id = "busy-1@example.com";
+    w.dovecot
+        .deliver(
+            &mail(
+                "alice@example.com",
+                first_id,
+                "Busy",
+                "Start on the big job.",
+                "pass",
+                &[],
+            ),
+            None,
+        )
+        .await;
+    let mails = w.wait_mails(1).await;
+    let ack = parse_mail(&mails[0]);
+    assert!(ack.text.contains("Started working on this"), "{ack:?}");
+    let conv = conversation_of(&ack.subject);
+    let deadline = tokio::time::Instant::now() + AGENT_PATIENCE;
+    while w.mock.agent_requests().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent never asked the API:\n{}",
+            tail(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The first task is held on its turn: three follow-ups in the thread.
+    let thread = vec![format!("<{first_id}>"), ack.message_id.clone()];
+    for (i, body) in ["Also check A.", "And B.", "And C, please."]
+        .iter()
+        .enumerate()
+    {
+        w.dovecot
+            .deliver(
+                &mail(
+                    "alice@example.com",
+                    &format!("busy-f{i}@example.com"),
+                    &format!("Re: {}", ack.subject),
+                    body,
+                    "pass",
+                    &thread,
+                ),
+                None,
+            )
+            .await;
+    }
+    // The first answer, then the one answer to the follow-ups.
+    let deadline = tokio::time::Instant::now() + AGENT_PATIENCE;
+    while answers(&w.smtp.mails()).len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "answers so far: {:?}\n{}",
+            answers(&w.smtp.mails()),
+            tail(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Let anything extra come.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let answered = answers(&w.smtp.mails());
+    assert_eq!(answered.len(), 2, "{answered:?}");
+    assert!(
+        answered[0].text.contains("First task done."),
+        "{answered:?}"
+    );
+    assert!(
+        answered[1].text.contains("Follow-ups handled together."),
+        "{answered:?}"
+    );
+    assert!(answered.iter().all(|m| conversation_of(&m.subject) == conv));
+    let last = w.mock.agent_requests().pop().unwrap();
+    let history = last["messages"].to_string();
+    for body in ["Also check A.", "And B.", "And C, please."] {
+        assert!(
+            history.contains(body),
+            "the next task has {body}: {history}"
+        );
+    }
+    let story = w.cli(&["replay", &conv]);
+    let started = story.lines().filter(|l| l.contains("task.started")).count();
+    assert_eq!(started, 2, "two tasks in all:\n{story}");
 }
