@@ -14,7 +14,11 @@
 //! the agent's commit is in the workspace; (2) a reply continues the same
 //! conversation and Claude session; (5) a spoofed and an unauthorized
 //! sender start nothing and get nothing; (8) `airut replay` and
-//! `airut audit export --conversation` tell the story.
+//! `airut audit export --conversation` tell the story; (7) the repo's
+//! execution timeout ends a task with a reply that says so; (6) a server
+//! killed with SIGKILL mid-task answers the message exactly once after a
+//! restart; (3) three follow-ups while a task runs make exactly one next
+//! task.
 
 #![allow(
     clippy::unwrap_used,
@@ -311,6 +315,11 @@ struct World {
 
 impl World {
     async fn new(script: &str) -> World {
+        World::with_timeout(script, "400s").await
+    }
+
+    /// A world whose repo has `resource_limits.timeout: {timeout}`.
+    async fn with_timeout(script: &str, timeout: &str) -> World {
         let env = sandbox_env();
         let root = tempfile::Builder::new()
             .prefix("airut-e2e-")
@@ -340,7 +349,7 @@ repos:
     repo_url: {remote}
     model: claude-mock
     resource_limits:
-      timeout: 400s
+      timeout: {timeout}
     email:
       address: airut@example.net
       from: "Airut <airut@example.net>"
@@ -381,6 +390,7 @@ repos:
                 imap = dovecot.port,
                 smtp = smtp.port,
                 mock = mock.addr.port(),
+                timeout = timeout,
             ),
         )
         .unwrap();
@@ -425,6 +435,14 @@ repos:
     }
 
     /// Runs an `airut` CLI command against the running server.
+    /// Kills the server with SIGKILL (no shutdown at all) and reaps it.
+    fn kill_server(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
     fn cli(&self, args: &[&str]) -> String {
         let out = Command::new(&self.airut)
             .arg("--config")
@@ -758,4 +776,208 @@ async fn email_to_sandboxed_agent_to_threaded_reply_then_a_resumed_session() {
             .any(|l| l.contains(",blocked,") && l.contains("blocked.example.org")),
         "the audit has the blocked request:\n{csv}"
     );
+}
+
+/// Mails that are not the "Started working on this" acknowledgement.
+fn answers(mails: &[Received]) -> Vec<Mail> {
+    mails
+        .iter()
+        .map(parse_mail)
+        .filter(|m| !m.text.contains("Started working on this"))
+        .collect()
+}
+
+/// (7) The execution timeout ends a task; the reply says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_execution_timeout_ends_a_task_with_a_clear_reply() {
+    let mut w = World::with_timeout("e2e_slow_turn", "15s").await;
+    let log = w.server_log();
+    w.dovecot
+        .deliver(
+            &mail(
+                "alice@example.com",
+                "slow-1@example.com",
+                "Take your time",
+                "Think about it for a long while.",
+                "pass",
+                &[],
+            ),
+            None,
+        )
+        .await;
+    let mails = w.wait_mails(2).await;
+    let ack = parse_mail(&mails[0]);
+    assert!(ack.text.contains("Started working on this"), "{ack:?}");
+    let reply = parse_mail(&mails[1]);
+    assert_eq!(reply.in_reply_to, "<slow-1@example.com>", "{reply:?}");
+    assert!(
+        reply
+            .text
+            .contains("The task was interrupted after 15 seconds (the repo's time limit)"),
+        "{reply:?}\n{}",
+        tail(&log)
+    );
+    assert!(
+        !reply.text.contains("Too late"),
+        "the held answer never made it: {reply:?}"
+    );
+    let story = w.cli(&["replay", &conversation_of(&ack.subject)]);
+    assert!(story.contains("task.started"), "{story}");
+}
+
+/// (6) SIGKILL while a task runs, then a restart: the message is answered
+/// exactly once and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_answers_the_running_task_exactly_once_after_restart() {
+    let mut w = World::new("e2e_crash").await;
+    let log = w.server_log();
+    w.dovecot
+        .deliver(
+            &mail(
+                "alice@example.com",
+                "crash-1@example.com",
+                "Survive this",
+                "Please answer even if you crash.",
+                "pass",
+                &[],
+            ),
+            None,
+        )
+        .await;
+    // The ack is out and the agent is waiting on the held first turn.
+    let mails = w.wait_mails(1).await;
+    assert!(
+        parse_mail(&mails[0])
+            .text
+            .contains("Started working on this")
+    );
+    let deadline = tokio::time::Instant::now() + AGENT_PATIENCE;
+    while w.mock.agent_requests().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent never asked the API:\n{}",
+            tail(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    w.kill_server();
+    assert!(
+        answers(&w.smtp.mails()).is_empty(),
+        "no answer before the kill"
+    );
+
+    w.start_server();
+    let deadline = tokio::time::Instant::now() + AGENT_PATIENCE;
+    while answers(&w.smtp.mails()).is_empty() {
+        let alive = w
+            .server
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        assert!(
+            tokio::time::Instant::now() < deadline && alive,
+            "no answer after the restart (alive: {alive}):\n{}",
+            tail(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Let anything that would come twice come.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let all = w.smtp.mails();
+    let answered = answers(&all);
+    assert_eq!(answered.len(), 1, "exactly one answer: {answered:?}");
+    assert_eq!(answered[0].in_reply_to, "<crash-1@example.com>");
+    assert!(
+        all.iter()
+            .all(|m| m.rcpt_to == vec!["<alice@example.com>".to_owned()]),
+        "{all:?}"
+    );
+}
+
+/// (3) Three quick follow-ups while a task runs make exactly one next task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_follow_ups_during_a_task_make_exactly_one_next_task() {
+    let mut w = World::new("e2e_followups").await;
+    let log = w.server_log();
+    let first_id = "busy-1@example.com";
+    w.dovecot
+        .deliver(
+            &mail(
+                "alice@example.com",
+                first_id,
+                "Busy",
+                "Start on the big job.",
+                "pass",
+                &[],
+            ),
+            None,
+        )
+        .await;
+    let mails = w.wait_mails(1).await;
+    let ack = parse_mail(&mails[0]);
+    assert!(ack.text.contains("Started working on this"), "{ack:?}");
+    let conv = conversation_of(&ack.subject);
+    let deadline = tokio::time::Instant::now() + AGENT_PATIENCE;
+    while w.mock.agent_requests().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent never asked the API:\n{}",
+            tail(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The first task is held on its turn: three follow-ups in the thread.
+    let thread = vec![format!("<{first_id}>"), ack.message_id.clone()];
+    for (i, body) in ["Also check A.", "And B.", "And C, please."]
+        .iter()
+        .enumerate()
+    {
+        w.dovecot
+            .deliver(
+                &mail(
+                    "alice@example.com",
+                    &format!("busy-f{i}@example.com"),
+                    &format!("Re: {}", ack.subject),
+                    body,
+                    "pass",
+                    &thread,
+                ),
+                None,
+            )
+            .await;
+    }
+    // The first answer, then the one answer to the follow-ups.
+    let deadline = tokio::time::Instant::now() + AGENT_PATIENCE;
+    while answers(&w.smtp.mails()).len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "answers so far: {:?}\n{}",
+            answers(&w.smtp.mails()),
+            tail(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Let anything extra come.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let answered = answers(&w.smtp.mails());
+    assert_eq!(answered.len(), 2, "{answered:?}");
+    assert!(
+        answered[0].text.contains("First task done."),
+        "{answered:?}"
+    );
+    assert!(
+        answered[1].text.contains("Follow-ups handled together."),
+        "{answered:?}"
+    );
+    assert!(answered.iter().all(|m| conversation_of(&m.subject) == conv));
+    let last = w.mock.agent_requests().pop().unwrap();
+    let history = last["messages"].to_string();
+    for body in ["Also check A.", "And B.", "And C, please."] {
+        assert!(
+            history.contains(body),
+            "the next task has {body}: {history}"
+        );
+    }
+    let story = w.cli(&["replay", &conv]);
+    let started = story.lines().filter(|l| l.contains("task.started")).count();
+    assert_eq!(started, 2, "two tasks in all:\n{story}");
 }
