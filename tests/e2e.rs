@@ -42,41 +42,6 @@ use crate::support::anthropic::MockAnthropic;
 /// (first image build included); a hang fails, slowness does not.
 const AGENT_PATIENCE: Duration = Duration::from_secs(420);
 
-/// What `scripts/ensure-podman.sh` set up.
-struct SandboxEnv {
-    socket: PathBuf,
-    claude: PathBuf,
-}
-
-fn sandbox_env() -> &'static SandboxEnv {
-    static ENV: OnceLock<SandboxEnv> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let cache = std::env::var_os("AIRUT_CACHE_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/airut-ci")
-            });
-        let file = cache.join("sandbox.env");
-        let text = std::fs::read_to_string(&file).unwrap_or_else(|e| {
-            panic!(
-                "{}: {e}\nThe end-to-end tests need Podman and Claude Code: run \
-                 scripts/ensure-podman.sh (as root) first (scripts/test.sh does).",
-                file.display()
-            )
-        });
-        let get = |k: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("{k}=")))
-                .unwrap_or_else(|| panic!("{} has no {k}", file.display()))
-                .to_owned()
-        };
-        SandboxEnv {
-            socket: PathBuf::from(get("DOCKER_HOST").trim_start_matches("unix://")),
-            claude: PathBuf::from(get("AIRUT_TEST_CLAUDE")),
-        }
-    })
-}
-
 /// `airut` and the static `airut-init` side by side in `dir`, as a
 /// deployment has them (doc/deployment.md).
 fn install_binaries(dir: &Path) -> PathBuf {
@@ -320,7 +285,9 @@ impl World {
 
     /// A world whose repo has `resource_limits.timeout: {timeout}`.
     async fn with_timeout(script: &str, timeout: &str) -> World {
-        let env = sandbox_env();
+        // What `scripts/ensure-podman.sh` set up (read once, shared with the
+        // sandbox tests).
+        let env = crate::sandbox::setup();
         let root = tempfile::Builder::new()
             .prefix("airut-e2e-")
             .tempdir()
@@ -382,7 +349,7 @@ repos:
         DISABLE_TELEMETRY: "1"
         DISABLE_AUTOUPDATER: "1"
 "#,
-                socket = env.socket.display(),
+                socket = env.docker_host.display(),
                 claude = env.claude.display(),
                 remote = remote.display(),
                 user = USER,

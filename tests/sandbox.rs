@@ -28,13 +28,13 @@ use airut::sandbox::{Engine, Outcome};
 use crate::support::anthropic::MockAnthropic;
 
 /// What `scripts/ensure-podman.sh` set up.
-struct SetupEnv {
-    docker_host: PathBuf,
-    claude: PathBuf,
-    busybox: PathBuf,
+pub(crate) struct SetupEnv {
+    pub(crate) docker_host: PathBuf,
+    pub(crate) claude: PathBuf,
+    pub(crate) busybox: PathBuf,
 }
 
-fn setup() -> &'static SetupEnv {
+pub(crate) fn setup() -> &'static SetupEnv {
     static ENV: OnceLock<SetupEnv> = OnceLock::new();
     ENV.get_or_init(|| {
         let cache = std::env::var_os("AIRUT_CACHE_DIR")

@@ -236,36 +236,48 @@ impl RepoSetup {
 pub fn repo_setups(cfg: &crate::config::ServerConfig) -> Vec<RepoSetup> {
     cfg.repos
         .iter()
-        .map(|(id, repo)| {
-            let mut setup = RepoSetup::from_config(id, repo);
-            match crate::workspace::RepoWorkspace::new(
-                &cfg.state_dir,
-                setup.id.clone(),
-                &repo.repo_url,
-                repo.git.clone(),
-                cfg.execution.git_timeout,
-            ) {
-                Ok(ws) => {
-                    let check = ws.clone();
-                    setup.workspace = Some(Arc::new(ws));
-                    setup.boot_check = Some(Arc::new(move || {
-                        let ws = check.clone();
-                        Box::pin(
-                            async move { ws.refresh_mirror().await.map_err(|e| e.to_string()) },
-                        )
-                    }));
-                }
-                Err(e) => {
-                    let why = e.to_string();
-                    setup.boot_check = Some(Arc::new(move || {
-                        let why = why.clone();
-                        Box::pin(async move { Err(why) })
-                    }));
-                }
-            }
-            setup
-        })
+        .map(|(id, repo)| repo_setup(cfg, id, repo).0)
         .collect()
+}
+
+/// One repo's setup with its workspace wired (see [`repo_setups`]), and
+/// the workspace itself for callers that share it (the sandbox runner).
+pub fn repo_setup(
+    cfg: &crate::config::ServerConfig,
+    id: &str,
+    repo: &RepoConfig,
+) -> (RepoSetup, Option<crate::workspace::RepoWorkspace>) {
+    let mut setup = RepoSetup::from_config(id, repo);
+    match crate::workspace::RepoWorkspace::new(
+        &cfg.state_dir,
+        setup.id.clone(),
+        &repo.repo_url,
+        repo.git.clone(),
+        cfg.execution.git_timeout,
+    ) {
+        Ok(ws) => {
+            let check = ws.clone();
+            setup.workspace = Some(Arc::new(ws.clone()));
+            setup.boot_check = Some(Arc::new(move || {
+                let ws = check.clone();
+                Box::pin(async move { ws.refresh_mirror().await.map_err(|e| e.to_string()) })
+            }));
+            (setup, Some(ws))
+        }
+        Err(e) => {
+            fail_boot(&mut setup, e.to_string());
+            (setup, None)
+        }
+    }
+}
+
+/// Makes a repo's boot check fail with `why` (it then boots as not
+/// serving, with that reason in `repo.booted`).
+pub fn fail_boot(setup: &mut RepoSetup, why: String) {
+    setup.boot_check = Some(Arc::new(move || {
+        let why = why.clone();
+        Box::pin(async move { Err(why) })
+    }));
 }
 
 // === impl GatewayHandle ===

@@ -21,13 +21,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ServerConfig;
 use crate::events::{Event, EventType, Seq};
-use crate::gateway::{GatewayHandle, RepoSetup};
+use crate::gateway::{GatewayHandle, RepoSetup, fail_boot};
 use crate::log::Log;
 use crate::proxy::AuditSink;
 use crate::sandbox::claude_binary::{ClaudeBinaries, RELEASE_BASE};
 use crate::sandbox::image::ImageCache;
 use crate::sandbox::{Engine, probe};
-use crate::workspace::RepoWorkspace;
 
 use runner::{SandboxRunner, SandboxShared};
 
@@ -57,44 +56,28 @@ pub async fn setups(
     };
     let mut setups = Vec::new();
     for (id, repo) in &cfg.repos {
-        let mut setup = RepoSetup::from_config(id, repo);
-        setup.timeout = repo.resource_limits.timeout;
         // One workspace per repo, shared by the gateway and the runner
         // (its mirror lock too).
-        match RepoWorkspace::new(
-            &cfg.state_dir,
-            setup.id.clone(),
-            &repo.repo_url,
-            repo.git.clone(),
-            cfg.execution.git_timeout,
-        ) {
-            Ok(ws) => {
-                setup.workspace = Some(Arc::new(ws.clone()));
-                let check = ws.clone();
-                setup.boot_check = Some(Arc::new(move || {
-                    let ws = check.clone();
-                    Box::pin(async move { ws.refresh_mirror().await.map_err(|e| e.to_string()) })
-                }));
-                match &shared {
-                    Some(shared) => {
-                        setup.runner = Some(Arc::new(SandboxRunner::new(
-                            shared.clone(),
-                            ws,
-                            repo.network.clone(),
-                            repo.resource_limits.clone(),
-                        )));
-                    }
-                    None => {
-                        // The repo boots as not serving with this reason
-                        // (a runner is set so the reason is this one).
-                        let why =
-                            "the sandbox is not available (see the server log and `airut check`)";
-                        setup.runner = Some(Arc::new(runner::Unavailable(why.to_owned())));
-                        fail_boot(&mut setup, why.to_owned());
-                    }
+        let (mut setup, ws) = crate::gateway::repo_setup(cfg, id, repo);
+        setup.timeout = repo.resource_limits.timeout;
+        if let Some(ws) = ws {
+            match &shared {
+                Some(shared) => {
+                    setup.runner = Some(Arc::new(SandboxRunner::new(
+                        shared.clone(),
+                        ws,
+                        repo.network.clone(),
+                        repo.resource_limits.clone(),
+                    )));
+                }
+                None => {
+                    // The repo boots as not serving with this reason
+                    // (a runner is set so the reason is this one).
+                    let why = "the sandbox is not available (see the server log and `airut check`)";
+                    setup.runner = Some(Arc::new(runner::Unavailable(why.to_owned())));
+                    fail_boot(&mut setup, why.to_owned());
                 }
             }
-            Err(e) => fail_boot(&mut setup, e.to_string()),
         }
         if let Some(mail) = &repo.email {
             let models = vec![repo.model.clone()];
@@ -117,14 +100,6 @@ pub async fn setups(
         setups.push(setup);
     }
     setups
-}
-
-/// Makes a repo's boot check fail with `why` (after its own check).
-fn fail_boot(setup: &mut RepoSetup, why: String) {
-    setup.boot_check = Some(Arc::new(move || {
-        let why = why.clone();
-        Box::pin(async move { Err(why) })
-    }));
 }
 
 async fn sandbox_shared(
