@@ -858,6 +858,143 @@ async fn a_task_cut_off_after_a_stop_request_is_not_run_again() {
 }
 
 #[tokio::test]
+async fn a_reload_waits_for_the_repos_running_task_then_uses_the_new_setup() {
+    let gate = Arc::new(Semaphore::new(0));
+    let w = World::new().with_gate(gate.clone());
+    let log = w.open_log();
+    receive(&log, mail("<rl1@x>", "Long", "WAIT")).await;
+    let gw = w.boot(&log).await;
+    let handle = gw.handle();
+    let shutdown = CancellationToken::new();
+    let serving = tokio::spawn(gw.serve(shutdown.clone()));
+    let runner = w.runner.clone();
+    wait_until("the run starts", || {
+        runner.running.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // Quiesce: it answers only once the running task is done.
+    let quiesce = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.quiesce(repo()).await }
+    });
+    // Commands are handled in order: once a later one is answered, the
+    // quiesce was handled too (the spawned task sends it when first run).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!handle.stop(ConversationId(0x1234_5678)).await);
+    // A message arriving meanwhile waits (not taken up, not dismissed).
+    receive(&log, mail("<rl2@x>", "During", "hello")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !quiesce.is_finished(),
+        "quiesced while a task of the repo ran"
+    );
+    assert_eq!(conversations(&log).len(), 1);
+    assert_eq!(count(&log, EventType::MessageDismissed), 0);
+    gate.add_permits(10);
+    assert!(quiesce.await.unwrap());
+    assert_eq!(count(&log, EventType::TaskCompleted), 1);
+    // Nothing is replied while out of service: the result waits.
+    assert!(!w.sink.sent().iter().any(|r| r.kind == ReplyKind::Result));
+
+    // The new setup: another default model.
+    let mut setup = w.setup(repo());
+    setup.model = "sonnet".to_owned();
+    assert_eq!(handle.install(setup).await, Some(RepoStatus::Serving));
+    wait_until("both answered", || {
+        w.sink
+            .sent()
+            .iter()
+            .filter(|r| r.kind == ReplyKind::Result)
+            .count()
+            == 2
+    })
+    .await;
+    shutdown.cancel();
+    serving.await.unwrap().unwrap();
+    let reqs = runner.requests();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[0].model, "opus");
+    assert_eq!(
+        reqs[1].model, "sonnet",
+        "the message taken up after the reload uses the new model"
+    );
+    let booted: Vec<RepoBootedV1> = events(&log)
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::RepoBooted(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(booted.len(), 2);
+    assert!(booted.iter().all(|b| b.ok));
+}
+
+#[tokio::test]
+async fn a_reload_can_add_and_remove_repos_and_change_max_concurrent() {
+    let gate = Arc::new(Semaphore::new(0));
+    let mut w = World::new().with_gate(gate.clone());
+    w.max_concurrent = 1;
+    let log = w.open_log();
+    let gw = w.boot(&log).await;
+    let handle = gw.handle();
+    let shutdown = CancellationToken::new();
+    let serving = tokio::spawn(gw.serve(shutdown.clone()));
+    // A repo added by a reload serves; one whose boot check fails is
+    // recorded as not serving, with the reason.
+    let other = RepoId("gadgets".to_owned());
+    assert_eq!(
+        handle.install(w.setup(other.clone())).await,
+        Some(RepoStatus::Serving)
+    );
+    let mut broken = w.setup(RepoId("broken".to_owned()));
+    broken.boot_check = Some(Arc::new(|| {
+        Box::pin(async { Err("git fetch failed: repository not found".to_owned()) })
+    }));
+    assert!(matches!(
+        handle.install(broken).await,
+        Some(RepoStatus::NotServing(why)) if why.contains("repository not found")
+    ));
+    let mut m = mail("<ar1@x>", "Other", "WAIT");
+    m.repo = other.clone();
+    receive(&log, m).await;
+    receive(&log, mail("<ar2@x>", "Mine", "WAIT")).await;
+    let runner = w.runner.clone();
+    wait_until("one run", || runner.running.load(Ordering::SeqCst) == 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(runner.running.load(Ordering::SeqCst), 1, "max_concurrent 1");
+    // Raising max_concurrent lets the waiting task start without a restart.
+    assert!(
+        handle
+            .configure(GatewayConfig {
+                max_concurrent: 2,
+                shutdown_timeout: Duration::from_secs(30),
+                conversation_max_age: Duration::from_secs(7 * 86400),
+            })
+            .await
+    );
+    wait_until("two runs", || runner.running.load(Ordering::SeqCst) == 2).await;
+    gate.add_permits(10);
+    wait_until("both answered", || {
+        count(&log, EventType::TaskCompleted) == 2
+    })
+    .await;
+    // Removing a repo: a message for it that was not taken up yet is
+    // dismissed as for a repo not in the config; nothing is sent for it.
+    assert!(handle.quiesce(other.clone()).await);
+    assert!(handle.remove(other.clone()).await);
+    let mut m = mail("<ar3@x>", "Gone", "hello");
+    m.repo = other.clone();
+    receive(&log, m).await;
+    wait_until("the message is dismissed", || {
+        count(&log, EventType::MessageDismissed) == 1
+    })
+    .await;
+    shutdown.cancel();
+    serving.await.unwrap().unwrap();
+    assert_eq!(runner.max_running.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
 async fn shutdown_past_its_deadline_records_interrupted_and_the_next_start_reruns_once() {
     let mut w = World::new();
     w.shutdown_timeout = Duration::from_millis(200);

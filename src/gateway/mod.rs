@@ -135,12 +135,21 @@ pub enum GatewayError {
 /// Commands from outside the serve loop.
 enum Command {
     Stop(ConversationId, oneshot::Sender<bool>),
+    /// Take a repo out of service; answer once none of its tasks runs.
+    Quiesce(RepoId, oneshot::Sender<()>),
+    /// Put a booted repo in service (replacing a quiesced one, or new).
+    Install(RepoSetup, RepoStatus, oneshot::Sender<()>),
+    /// Forget a quiesced repo.
+    Remove(RepoId, oneshot::Sender<()>),
+    /// New server-wide settings.
+    Configure(GatewayConfig),
 }
 
 /// Asks a serving gateway to do things. Cheap to clone.
 #[derive(Clone)]
 pub struct GatewayHandle {
     tx: mpsc::Sender<Command>,
+    ctx: Ctx,
 }
 
 /// Appends and crash points, shared with running jobs.
@@ -157,6 +166,7 @@ struct Repo {
 
 struct Live {
     conversation: ConversationId,
+    repo: RepoId,
     stop: CancellationToken,
 }
 
@@ -171,6 +181,9 @@ pub struct Gateway {
     recovered: bool,
     commands: mpsc::Receiver<Command>,
     handle: GatewayHandle,
+    /// Repos being taken out of service for a reload, with whom to tell
+    /// once none of their tasks runs.
+    quiescing: Vec<(RepoId, oneshot::Sender<()>)>,
 }
 
 /// How a job ended, for the serve loop.
@@ -292,7 +305,58 @@ impl GatewayHandle {
         }
         rx.await.unwrap_or(false)
     }
+
+    /// Takes a repo out of service (a config reload): it starts no task,
+    /// takes up no message and sends no reply until
+    /// [`GatewayHandle::install`] gives it a new setup; returns once none
+    /// of its tasks runs any more (they finish as usual; their replies go
+    /// out through the new setup). `false` if the gateway is gone.
+    pub async fn quiesce(&self, repo: RepoId) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Quiesce(repo, tx)).await.is_err() {
+            return false;
+        }
+        rx.await.is_ok()
+    }
+
+    /// Boots a repo with `setup` (its boot check runs, `repo.booted` is
+    /// recorded) in place of a quiesced one, or as a new repo. `None` if
+    /// the gateway is gone.
+    pub async fn install(&self, setup: RepoSetup) -> Option<RepoStatus> {
+        // The boot check (a mirror refresh) runs here, not in the serve
+        // loop, so other repos are not held up by it.
+        let status = boot_repo(&self.ctx, &setup).await.ok()?;
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Install(setup, status.clone(), tx))
+            .await
+            .ok()?;
+        rx.await.ok()?;
+        Some(status)
+    }
+
+    /// Forgets a repo (quiesce it first), as a restart without it in the
+    /// config would: a message of it not yet taken up is dismissed
+    /// (`repo_unavailable`); its queued tasks wait in the log and run if
+    /// the repo is configured again.
+    pub async fn remove(&self, repo: RepoId) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Remove(repo, tx)).await.is_err() {
+            return false;
+        }
+        rx.await.is_ok()
+    }
+
+    /// New server-wide settings (`execution:`), used from the next
+    /// decision on: `max_concurrent` for the next start (running tasks
+    /// are not stopped), the shutdown timeout, the conversation age.
+    pub async fn configure(&self, cfg: GatewayConfig) -> bool {
+        self.tx.send(Command::Configure(cfg)).await.is_ok()
+    }
 }
+
+/// Why a quiesced repo is not serving (until its new setup is installed).
+const RELOADING: &str = "reloading its configuration";
 
 // === impl Ctx ===
 
@@ -333,36 +397,17 @@ impl Gateway {
         let ctx = Ctx { log, crash: None };
         let mut repos = BTreeMap::new();
         for setup in setups {
-            let status = match setup.missing() {
-                Some(why) => RepoStatus::NotServing(why),
-                None => match &setup.boot_check {
-                    Some(check) => match check().await {
-                        Ok(()) => RepoStatus::Serving,
-                        Err(e) => RepoStatus::NotServing(e),
-                    },
-                    None => RepoStatus::Serving,
-                },
-            };
-            let (ok, error) = match &status {
-                RepoStatus::Serving => (true, None),
-                RepoStatus::NotServing(why) => {
-                    tracing::warn!(repo = %setup.id, reason = %why, "repo is not serving");
-                    (false, Some(why.clone()))
-                }
-            };
-            ctx.append(one(
-                StreamId::server(),
-                Event::RepoBooted(RepoBootedV1 {
-                    repo: setup.id.clone(),
-                    ok,
-                    error,
-                }),
-                None,
-            ))
-            .await?;
+            let status = boot_repo(&ctx, &setup).await?;
             repos.insert(setup.id.clone(), Repo { setup, status });
         }
         let (tx, commands) = mpsc::channel(16);
+        let handle = GatewayHandle {
+            tx,
+            ctx: Ctx {
+                log: ctx.log.clone(),
+                crash: None,
+            },
+        };
         let mut gw = Gateway {
             sub: ctx.log.subscribe(crate::events::Seq(0)),
             ctx,
@@ -372,7 +417,8 @@ impl Gateway {
             live: HashMap::new(),
             recovered: false,
             commands,
-            handle: GatewayHandle { tx },
+            handle,
+            quiescing: Vec::new(),
         };
         gw.catch_up().await?;
         Ok(gw)
@@ -539,6 +585,20 @@ impl Gateway {
                 .await?;
         }
         Ok(due.len())
+    }
+
+    /// Tells each waiting [`GatewayHandle::quiesce`] whose repo has no
+    /// running task any more.
+    fn answer_quiesced(&mut self) {
+        let busy: HashSet<RepoId> = self.live.values().map(|l| l.repo.clone()).collect();
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.quiescing)
+            .into_iter()
+            .partition(|(repo, _)| !busy.contains(repo));
+        self.quiescing = waiting;
+        for (repo, reply) in done {
+            tracing::info!(%repo, "repo quiesced");
+            let _ = reply.send(());
+        }
     }
 
     /// Stops each running task of this process that someone asked to stop
@@ -724,6 +784,7 @@ impl Gateway {
                     if let Err(e) = done.result {
                         tracing::error!(task = %done.task, error = %e, "a task's run failed to record its end");
                     }
+                    self.answer_quiesced();
                 }
                 Some(cmd) = self.commands.recv() => match cmd {
                     Command::Stop(conv, reply) => {
@@ -732,6 +793,28 @@ impl Gateway {
                             l.stop.cancel();
                         }
                         let _ = reply.send(live.is_some());
+                    }
+                    Command::Quiesce(repo, reply) => {
+                        if let Some(r) = self.repos.get_mut(&repo) {
+                            r.status = RepoStatus::NotServing(RELOADING.to_owned());
+                        }
+                        tracing::info!(%repo, "repo taken out of service for a reload");
+                        self.quiescing.push((repo, reply));
+                        self.answer_quiesced();
+                    }
+                    Command::Install(setup, status, reply) => {
+                        tracing::info!(repo = %setup.id, ?status, "repo (re)configured");
+                        self.repos.insert(setup.id.clone(), Repo { setup, status });
+                        let _ = reply.send(());
+                    }
+                    Command::Remove(repo, reply) => {
+                        self.repos.remove(&repo);
+                        tracing::info!(%repo, "repo removed from the configuration");
+                        let _ = reply.send(());
+                    }
+                    Command::Configure(cfg) => {
+                        tracing::info!(max_concurrent = cfg.max_concurrent, "execution settings reloaded");
+                        self.cfg = cfg;
                     }
                 },
                 rec = self.sub.next() => match rec {
@@ -814,6 +897,7 @@ impl Gateway {
                     task,
                     Live {
                         conversation: job.task.conversation,
+                        repo: job.task.repo.clone(),
                         stop,
                     },
                 );
@@ -868,6 +952,39 @@ fn apply_record(state: &mut GatewayState, rec: &crate::log::Record) -> Result<()
         }
     }
     Ok(())
+}
+
+/// Runs a repo's boot check and records `repo.booted`; a repo that fails
+/// it (or misses a part) is not serving, with the reason.
+async fn boot_repo(ctx: &Ctx, setup: &RepoSetup) -> Result<RepoStatus, GatewayError> {
+    let status = match setup.missing() {
+        Some(why) => RepoStatus::NotServing(why),
+        None => match &setup.boot_check {
+            Some(check) => match check().await {
+                Ok(()) => RepoStatus::Serving,
+                Err(e) => RepoStatus::NotServing(e),
+            },
+            None => RepoStatus::Serving,
+        },
+    };
+    let (ok, error) = match &status {
+        RepoStatus::Serving => (true, None),
+        RepoStatus::NotServing(why) => {
+            tracing::warn!(repo = %setup.id, reason = %why, "repo is not serving");
+            (false, Some(why.clone()))
+        }
+    };
+    ctx.append(one(
+        StreamId::server(),
+        Event::RepoBooted(RepoBootedV1 {
+            repo: setup.id.clone(),
+            ok,
+            error,
+        }),
+        None,
+    ))
+    .await?;
+    Ok(status)
 }
 
 /// Records a cut-off run: re-run once, else completed as interrupted.
