@@ -1575,6 +1575,203 @@ async fn airut_run_boots_configured_repos_and_says_why_they_do_not_serve_yet() {
     );
 }
 
+#[tokio::test]
+async fn airut_run_applies_config_changes_while_serving_and_keeps_a_broken_file_out() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let config = state.join("airut.yaml");
+    let head = "config_version: 1\ndashboard:\n  host: 127.0.0.1\n  port: 0\nexecution:\n  shutdown_timeout: 2s\n";
+    let write = |repos: &str| std::fs::write(&config, format!("{head}repos:\n{repos}")).unwrap();
+    let widgets = "  widgets:\n    repo_url: https://example.invalid/widgets.git\n";
+    write(widgets);
+    std::fs::write(state.join("cli.yaml"), "config_version: 1\n").unwrap();
+    let airut = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_airut"));
+        c.arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(state)
+            .args(args)
+            .env("AIRUT_LOG", "warn");
+        c
+    };
+    /// Kills the server if the test fails half-way.
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut server = Server(
+        airut(&["run"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut server.0;
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let reader = {
+        let stderr = stderr.clone();
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                stderr.lock().unwrap().push_str(&line);
+                stderr.lock().unwrap().push('\n');
+            }
+        })
+    };
+    // The store appears once the server opened it; until then (and if a
+    // call races the server's start) `events tail` fails: try again.
+    #[allow(clippy::disallowed_methods)] // a blocking retry in a blocking helper
+    let tail = || {
+        let mut last = String::new();
+        for _ in 0..50 {
+            // Its own config: the server's may be broken on purpose.
+            let out = Command::new(env!("CARGO_BIN_EXE_airut"))
+                .arg("--config")
+                .arg(state.join("cli.yaml"))
+                .arg("--state-dir")
+                .arg(state)
+                .args(["events", "tail", "--json"])
+                .output()
+                .unwrap();
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("events tail keeps failing: {last}");
+    };
+    let count_in = |text: &str, what: &str| text.matches(what).count();
+    let wait_for = |what: &'static str, f: Box<dyn Fn(&str) -> bool>| {
+        let tail = &tail;
+        async move {
+            let r = tokio::time::timeout(WAIT, async {
+                loop {
+                    if f(&tail()) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+            .await;
+            assert!(r.is_ok(), "gave up waiting for: {what}");
+        }
+    };
+    wait_for(
+        "the first boot",
+        Box::new(move |t| count_in(t, "repo.booted") == 1),
+    )
+    .await;
+
+    // A change: widgets gets another model, gadgets is added.
+    write(&format!(
+        "{}    model: sonnet\n  gadgets:\n    repo_url: https://example.invalid/gadgets.git\n",
+        widgets
+    ));
+    wait_for(
+        "the reload",
+        Box::new(move |t| count_in(t, "repo.booted") == 3),
+    )
+    .await;
+    let t = tail();
+    assert_eq!(count_in(&t, "config.loaded"), 2, "{t}");
+
+    // A broken file is reported and changes nothing.
+    std::fs::write(&config, "config_version: 1\nrepos: [\n").unwrap();
+    let seen = tokio::time::timeout(WAIT, async {
+        while !stderr
+            .lock()
+            .unwrap()
+            .contains("the config was not reloaded")
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        seen.is_ok(),
+        "no report of the broken file: {}",
+        stderr.lock().unwrap()
+    );
+    let t = tail();
+    assert_eq!(count_in(&t, "config.loaded"), 2);
+    assert_eq!(count_in(&t, "repo.booted"), 3);
+
+    // SIGHUP applies the fixed file (gadgets removed) and does not end
+    // the server; a second SIGHUP with nothing changed records nothing.
+    write(widgets);
+    let hup = || {
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    hup();
+    wait_for(
+        "the third generation",
+        Box::new(move |t| count_in(t, "config.loaded") == 3),
+    )
+    .await;
+    hup();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP ended the server"
+    );
+    let t = tail();
+    assert_eq!(count_in(&t, "config.loaded"), 3);
+    // widgets changed back (model), so it booted again; gadgets did not.
+    assert_eq!(count_in(&t, "repo.booted"), 4, "{t}");
+
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    assert!(status.success(), "{status}");
+    let log = Log::open(&state.join("log"), LogOptions::default()).unwrap();
+    let loaded: Vec<ConfigLoadedV1> = events(&log)
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::ConfigLoaded(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        loaded.iter().map(|c| c.generation).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(
+        loaded[1].repos,
+        vec![RepoId("gadgets".into()), RepoId("widgets".into())]
+    );
+    assert_eq!(loaded[2].repos, vec![RepoId("widgets".into())]);
+    let booted: Vec<RepoId> = events(&log)
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::RepoBooted(b) => Some(b.repo),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(booted.iter().filter(|r| r.0 == "gadgets").count(), 1);
+    assert_eq!(booted.iter().filter(|r| r.0 == "widgets").count(), 3);
+}
+
 // --- with real git workspaces -------------------------------------------------------------
 
 /// Commits and pushes from inside the agent's workspace, like an agent would.

@@ -29,6 +29,11 @@ const GRACE: Duration = Duration::from_secs(10);
 
 /// Runs the server until a signal.
 pub async fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    // SIGHUP reloads the config (src/runtime/reload.rs); caught from the
+    // very start so an early one cannot end the process (its default).
+    drop(tokio::signal::unix::signal(
+        tokio::signal::unix::SignalKind::hangup(),
+    ));
     let ctx = access::load_context(global)?;
     let state_dir = ctx.state_dir.clone();
     create_private_dir(&state_dir)?;
@@ -136,10 +141,28 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     // `--state-dir` overrides the config's state dir for everything.
     let mut server_cfg = cfg.clone();
     server_cfg.state_dir = state_dir.clone();
+    // Config changes (SIGHUP, or the file changed) are applied while
+    // serving (src/runtime/reload.rs); SIGHUP is caught from here on.
+    let loaded = ctx.loaded.clone();
+    let config_path = global
+        .config
+        .clone()
+        .unwrap_or_else(crate::config::default_path);
+    let reload_stop = shutdown.child_token();
     tracker.spawn(async move {
-        let setups = crate::runtime::setups(&server_cfg, &gateway_log, &parts_stop, &parts).await;
+        let runtime =
+            crate::runtime::Runtime::start(&server_cfg, &gateway_log, &parts_stop, &parts).await;
+        let (reloader, setups) = crate::runtime::reload::Reloader::new(
+            runtime,
+            gateway_log.clone(),
+            &loaded,
+            config_path,
+            server_cfg.state_dir.clone(),
+            generation,
+        );
         match Gateway::boot(gateway_log.clone(), gateway_cfg, setups).await {
             Ok(gw) => {
+                parts.spawn(reloader.follow(gw.handle(), reload_stop));
                 if let Err(e) = gw.serve(gateway_stop).await {
                     tracing::error!(error = %e, "the gateway stopped; restart airut");
                 }

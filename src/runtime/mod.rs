@@ -12,6 +12,7 @@
 //! serving with the reason recorded in `repo.booted`; the other repos run.
 
 pub mod email;
+pub mod reload;
 pub mod runner;
 
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::ServerConfig;
+use crate::config::{RepoConfig, ServerConfig};
 use crate::gateway::{RepoSetup, fail_boot};
 use crate::log::Log;
 use crate::proxy::AuditSink;
@@ -47,21 +48,81 @@ pub async fn setups(
     cancel: &CancellationToken,
     tracker: &TaskTracker,
 ) -> Vec<RepoSetup> {
-    let shared = match sandbox_shared(cfg, log, cancel, tracker).await {
-        Ok(s) => Some(s),
-        Err(why) => {
-            tracing::error!(error = %why, "the sandbox is not available; no repo can run tasks");
-            None
+    let runtime = Runtime::start(cfg, log, cancel, tracker).await;
+    cfg.repos
+        .iter()
+        .map(|(id, repo)| runtime.repo(cfg, id, repo).0)
+        .collect()
+}
+
+/// What every repo shares (the sandbox: engine, images, Claude binaries,
+/// the proxies' audit writer), made once at start, and how to make one
+/// repo's setup with parts of its own that can be retired on a reload.
+pub struct Runtime {
+    log: Log,
+    shared: Option<SandboxShared>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// One repo's background parts (its email source): stopped on their own
+/// when a reload replaces or removes the repo, and with the server.
+pub struct RepoParts {
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+// === impl Runtime ===
+
+impl Runtime {
+    /// Connects the sandbox (a failure is logged; repos then boot as not
+    /// serving, saying why). Background parts run on `tracker` and stop
+    /// with `cancel`.
+    pub async fn start(
+        cfg: &ServerConfig,
+        log: &Log,
+        cancel: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Runtime {
+        let shared = match sandbox_shared(cfg, log, cancel, tracker).await {
+            Ok(s) => Some(s),
+            Err(why) => {
+                tracing::error!(error = %why, "the sandbox is not available; no repo can run tasks");
+                None
+            }
+        };
+        Runtime {
+            log: log.clone(),
+            shared,
+            cancel: cancel.clone(),
+            tracker: tracker.clone(),
         }
-    };
-    let mut setups = Vec::new();
-    for (id, repo) in &cfg.repos {
+    }
+
+    /// One repo's setup (workspace, sandbox runner, channels) and its
+    /// background parts. A part that cannot start makes the repo's boot
+    /// check fail with the reason.
+    pub fn repo(&self, cfg: &ServerConfig, id: &str, repo: &RepoConfig) -> (RepoSetup, RepoParts) {
+        let parts = RepoParts {
+            cancel: self.cancel.child_token(),
+            tracker: TaskTracker::new(),
+        };
+        // The server's shutdown waits for the repo's parts too.
+        self.tracker.spawn({
+            let cancel = parts.cancel.clone();
+            let tracker = parts.tracker.clone();
+            async move {
+                cancel.cancelled().await;
+                tracker.close();
+                tracker.wait().await;
+            }
+        });
         // One workspace per repo, shared by the gateway and the runner
         // (its mirror lock too).
         let (mut setup, ws) = crate::gateway::repo_setup(cfg, id, repo);
         setup.timeout = repo.resource_limits.timeout;
         if let Some(ws) = ws {
-            match &shared {
+            match &self.shared {
                 Some(shared) => {
                     setup.runner = Some(Arc::new(SandboxRunner::new(
                         shared.clone(),
@@ -88,7 +149,12 @@ pub async fn setups(
                 cfg.dashboard.base_url.clone(),
             ) {
                 Ok(settings) => {
-                    let sink = email::start(settings, log.clone(), cancel.child_token(), tracker);
+                    let sink = email::start(
+                        settings,
+                        self.log.clone(),
+                        parts.cancel.child_token(),
+                        &parts.tracker,
+                    );
                     setup.sinks.insert("email".to_owned(), sink);
                 }
                 Err(e) => {
@@ -97,10 +163,29 @@ pub async fn setups(
                 }
             }
         }
-        setups.push(setup);
+        (setup, parts)
     }
-    setups
 }
+
+// === impl RepoParts ===
+
+impl RepoParts {
+    /// Stops the parts and waits for them (at most `RETIRE_WAIT`), so a
+    /// new email source never reads the mailbox beside the old one.
+    pub async fn retire(self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(RETIRE_WAIT, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(?RETIRE_WAIT, "a repo's old channel did not stop in time");
+        }
+    }
+}
+
+/// How long a reload waits for a repo's old parts to stop.
+const RETIRE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 async fn sandbox_shared(
     cfg: &ServerConfig,
