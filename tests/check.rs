@@ -493,11 +493,11 @@ async fn the_binary_reports_each_repo_mail_server_and_mirror() {
     let url = remote(root.path());
     let state = root.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
-    let config = |imap_port: u16, password: &str| {
+    let config = |imap_port: u16, password: &str, claude: &str| {
         format!(
             "config_version: 1\n\
              dashboard: {{host: 127.0.0.1, port: 0}}\n\
-             sandbox: {{engine_socket: {}/no-engine.sock}}\n\
+             sandbox: {{engine_socket: {}/no-engine.sock{claude}}}\n\
              repos:\n  widgets:\n    repo_url: {}\n    email:\n      \
              address: airut@example.net\n      username: {USER}\n      password: \"{password}\"\n      \
              imap: {{host: 127.0.0.1, port: {imap_port}, security: plain}}\n      \
@@ -508,7 +508,7 @@ async fn the_binary_reports_each_repo_mail_server_and_mirror() {
             receiver.port
         )
     };
-    std::fs::write(state.join("airut.yaml"), config(dovecot.port, PASSWORD)).unwrap();
+    std::fs::write(state.join("airut.yaml"), config(dovecot.port, PASSWORD, "")).unwrap();
     let (_, good) = airut_check(&state).await;
     assert!(
         good.contains("ok    repo widgets IMAP: 127.0.0.1:"),
@@ -525,15 +525,24 @@ async fn the_binary_reports_each_repo_mail_server_and_mirror() {
         "{good}"
     );
     assert!(good.contains("ok    repo widgets: "), "{good}");
+    assert!(
+        good.contains("warn  claude code: stable is not cached yet"),
+        "{good}"
+    );
     // The engine is missing on purpose; no other failure.
     for line in good.lines().filter(|l| l.starts_with("FAIL")) {
         assert!(line.contains("container engine"), "{line}\n{good}");
     }
 
-    // Wrong password, IMAP port with nothing on it, a broken mirror: each
+    // Wrong password, IMAP port with nothing on it, a broken mirror, a
+    // missing Claude Code binary: each
     // its own FAIL line, and the exit code says so.
     let closed = free_port();
-    std::fs::write(state.join("airut.yaml"), config(closed, "wrong")).unwrap();
+    std::fs::write(
+        state.join("airut.yaml"),
+        config(closed, "wrong", ", claude_path: /nonexistent/claude"),
+    )
+    .unwrap();
     let mirror = state.join("repos/widgets/mirror.git");
     std::fs::create_dir_all(&mirror).unwrap();
     let (ok, bad) = airut_check(&state).await;
@@ -551,8 +560,88 @@ async fn the_binary_reports_each_repo_mail_server_and_mirror() {
     assert!(bad.contains("authentication rejected"), "{bad}");
     assert!(bad.contains("FAIL  repo widgets mirror:"), "{bad}");
     assert!(
+        bad.contains("FAIL  claude code: sandbox.claude_path /nonexistent/claude"),
+        "{bad}"
+    );
+    assert!(
         !bad.contains("wrong"),
         "the password is never printed: {bad}"
     );
-    assert_eq!(failed_count(&bad), failed_count(&good) + 3, "{good}\n{bad}");
+    assert_eq!(failed_count(&bad), failed_count(&good) + 4, "{good}\n{bad}");
+}
+
+#[tokio::test]
+async fn imap_probe_with_oauth2_and_without_starttls() {
+    use crate::email_imap::{
+        introspection_server, scripted_token_server, token_server, token_source,
+    };
+    let (introspect, _i) = introspection_server().await;
+    let (token_url, _t) = token_server().await;
+    let dovecot = Dovecot::start(DovecotOptions {
+        oauth2_introspection_url: Some(introspect),
+        ..Default::default()
+    })
+    .await;
+    let oauth = |url: String| {
+        let mut s = with(
+            dovecot.port,
+            Security::Plain,
+            1,
+            Security::Plain,
+            Trust::public(),
+        );
+        s.credentials = Credentials::OAuth2 {
+            username: USER.to_owned(),
+            tokens: token_source(url),
+        };
+        s
+    };
+    let report = probe::probe_imap(&oauth(token_url), LIMIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", dovecot.logs()));
+    assert_eq!(report.mailbox, "INBOX");
+
+    // The token endpoint refuses the client: a token failure, not a login.
+    let (refusing, _) = scripted_token_server(
+        400,
+        r#"{"error":"unauthorized_client","error_description":"AADSTS700016: Application not found."}"#,
+    )
+    .await;
+    let e = probe::probe_imap(&oauth(refusing), LIMIT)
+        .await
+        .unwrap_err();
+    assert_failure(
+        &e,
+        FailureKind::Token,
+        &[
+            "OAuth2 token not obtained",
+            "AADSTS700016",
+            "repos.widgets.email.microsoft_oauth2",
+        ],
+    );
+    assert!(!e.to_string().contains("s=cr&t"), "{e}");
+
+    // The token endpoint is not there.
+    let e = probe::probe_imap(
+        &oauth(format!("http://127.0.0.1:{}/token", free_port())),
+        LIMIT,
+    )
+    .await
+    .unwrap_err();
+    assert_failure(&e, FailureKind::Token, &["OAuth2 token not obtained"]);
+
+    // STARTTLS asked of a server without TLS.
+    let s = with(
+        dovecot.port,
+        Security::StartTls,
+        1,
+        Security::Plain,
+        Trust::public(),
+    );
+    let e = probe::probe_imap(&s, LIMIT).await.unwrap_err();
+    assert_failure(
+        &e,
+        FailureKind::StartTls,
+        &["STARTTLS", "repos.widgets.email.imap.security"],
+    );
 }

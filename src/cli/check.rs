@@ -1,9 +1,9 @@
 //! `airut check`: config, store (hash chains) and host, one line per check.
 //!
 //! Exits non-zero when any check fails. Covers the config, the state dir
-//! and store, the container engine, git, each repo's remote and local
-//! mirror, and each email channel's IMAP and SMTP servers (probed for
-//! real: connect, TLS, login, mailbox; see
+//! and store, the container engine, the Claude Code binary, git, each
+//! repo's remote and local mirror, and each email channel's IMAP and SMTP
+//! servers (probed for real: connect, TLS, login, mailbox; see
 //! [`crate::channels::email::probe`]).
 
 use std::process::ExitCode;
@@ -62,6 +62,7 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         // Without repos no task runs: engine trouble is a warning then.
         let needed = !ctx.loaded.config.repos.is_empty();
         check_engine(&mut r, &ctx.loaded.config.sandbox, needed).await;
+        check_claude(&mut r, &ctx.loaded.config.sandbox, &ctx.state_dir, needed);
     }
     check_git(&mut r).await;
     if let Some(ctx) = &ctx {
@@ -286,5 +287,34 @@ async fn check_email(r: &mut Report, cfg: &crate::config::ServerConfig) {
             ),
             Err(e) => r.fail(&smtp, e),
         }
+    }
+}
+
+/// The Claude Code binary tasks mount: the configured path, or the cached
+/// version (not cached yet is a warning: the first task downloads it).
+fn check_claude(
+    r: &mut Report,
+    cfg: &crate::config::SandboxConfig,
+    state_dir: &std::path::Path,
+    needed: bool,
+) {
+    use crate::sandbox::claude_binary::{ClaudeBinaries, RELEASE_BASE};
+    let binaries = ClaudeBinaries::new(state_dir.join("claude"), RELEASE_BASE);
+    match binaries.cached(&cfg.claude) {
+        Ok(Some((version, path))) => {
+            r.ok("claude code", format!("{version} at {}", path.display()))
+        }
+        Ok(None) => r.warn(
+            "claude code",
+            match &cfg.claude {
+                crate::config::ClaudeSource::Version(v) => format!(
+                    "{v} is not cached yet; the first task downloads it from {RELEASE_BASE} \
+                     (or set sandbox.claude_path)"
+                ),
+                crate::config::ClaudeSource::Path(p) => p.display().to_string(),
+            },
+        ),
+        Err(e) if needed => r.fail("claude code", e),
+        Err(e) => r.warn("claude code", format!("{e} (no repos configured yet)")),
     }
 }

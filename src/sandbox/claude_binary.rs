@@ -218,6 +218,30 @@ impl ClaudeBinaries {
         Ok(lease)
     }
 
+    /// What the cache holds for `source`, without the network (for
+    /// `airut check`): the version and its binary, or `None` when it
+    /// would be downloaded on the first task.
+    pub fn cached(
+        &self,
+        source: &ClaudeSource,
+    ) -> Result<Option<(String, PathBuf)>, ClaudeBinaryError> {
+        let version = match source {
+            ClaudeSource::Path(p) if p.is_file() => {
+                return Ok(Some(("configured path".to_owned(), p.clone())));
+            }
+            ClaudeSource::Path(p) => return Err(ClaudeBinaryError::MissingPath(p.clone())),
+            ClaudeSource::Version(c) if c == "stable" || c == "latest" => {
+                match std::fs::read_to_string(self.cache_dir.join(format!(".channel-{c}"))) {
+                    Ok(v) if valid_claude_version(v.trim()) => v.trim().to_owned(),
+                    _ => return Ok(None),
+                }
+            }
+            ClaudeSource::Version(v) => v.clone(),
+        };
+        let target = self.cache_dir.join(&version).join("claude");
+        Ok(target.is_file().then_some((version, target)))
+    }
+
     fn lease(&self, version: &str) -> ClaudeLease {
         let mut leases = self
             .leases

@@ -404,3 +404,33 @@ async fn broken_cache_entries_are_warned_about_and_left_alone() {
     let none = ClaudeBinaries::new(cache.path().join("missing"), "http://127.0.0.1:9");
     assert_eq!(none.prune_at(&keep, max_age, NOW), ClaudePrune::default());
 }
+
+#[test]
+fn cached_says_what_is_on_disk_without_the_network() {
+    let cache = tempfile::tempdir().unwrap();
+    let c = ClaudeBinaries::new(cache.path(), "http://127.0.0.1:9");
+    let stable = ClaudeSource::Version("stable".into());
+    assert_eq!(c.cached(&stable).unwrap(), None);
+    cached(cache.path(), "2.1.7", Some(NOW));
+    std::fs::write(cache.path().join(".channel-stable"), "2.1.7\n").unwrap();
+    let want = Some(("2.1.7".to_owned(), cache.path().join("2.1.7/claude")));
+    assert_eq!(c.cached(&stable).unwrap(), want);
+    assert_eq!(
+        c.cached(&ClaudeSource::Version("2.1.7".into())).unwrap(),
+        want
+    );
+    assert_eq!(
+        c.cached(&ClaudeSource::Version("2.1.8".into())).unwrap(),
+        None
+    );
+    std::fs::write(cache.path().join(".channel-latest"), "garbage").unwrap();
+    assert_eq!(
+        c.cached(&ClaudeSource::Version("latest".into())).unwrap(),
+        None
+    );
+    let missing = ClaudeSource::Path(cache.path().join("nope"));
+    assert!(matches!(
+        c.cached(&missing),
+        Err(ClaudeBinaryError::MissingPath(_))
+    ));
+}
