@@ -434,3 +434,37 @@ fn cached_says_what_is_on_disk_without_the_network() {
         Err(ClaudeBinaryError::MissingPath(_))
     ));
 }
+
+#[tokio::test]
+async fn the_schedule_prunes_at_once_then_stops_on_cancel() {
+    let cache = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let log = open_log(store.path());
+    let c = ClaudeBinaries::new(cache.path(), "http://127.0.0.1:9");
+    cached(cache.path(), "1.0.0", Some(1_000));
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let handle = spawn_prune_schedule(
+        c,
+        ClaudeSource::Version("stable".into()),
+        Duration::from_secs(DAY),
+        Duration::from_secs(3600),
+        log.clone(),
+        cancel.clone(),
+    );
+    // The first tick is immediate.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while pruned_events(&log).is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the schedule pruned within 30 s");
+    assert_eq!(pruned_events(&log)[0].version, "1.0.0");
+    assert!(!cache.path().join("1.0.0").exists());
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(30), handle)
+        .await
+        .expect("the schedule stopped")
+        .unwrap();
+    log.close().await.unwrap();
+}
