@@ -370,6 +370,21 @@ async fn smtp_probe_unreachable_and_hostile_servers() {
         assert!(e.to_string().contains("repos.widgets.email.smtp"), "{e}");
     }
 
+    // A server streaming an endless line: cut off, not buffered forever.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let flood = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt as _;
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let chunk = vec![b'A'; 64 * 1024];
+        let _ = tcp.write_all(b"220").await;
+        while tcp.write_all(&chunk).await.is_ok() {}
+    });
+    let s = with(1, Security::Plain, port, Security::Plain, Trust::public());
+    let e = probe::probe_smtp(&s, LIMIT).await.unwrap_err();
+    assert_failure(&e, FailureKind::Greeting, &["more than 1048576 bytes"]);
+    flood.abort();
+
     // TLS asked of a plain-text server.
     let port = fake_server(Some(b"220 plain\r\n")).await;
     let s = with(1, Security::Plain, port, Security::Tls, Trust::public());

@@ -10,7 +10,8 @@
 //! AUTH when credentials are configured, then QUIT without sending.
 //!
 //! Each probe runs under one short deadline ([`PROBE_TIMEOUT`]) so `check`
-//! never hangs, and a failure is a [`ProbeError`] saying which step failed
+//! never hangs (and the SMTP probe reads at most [`SMTP_READ_LIMIT`] bytes,
+//! so a server streaming garbage cannot fill memory), and a failure is a [`ProbeError`] saying which step failed
 //! (DNS, connection refused, timeout, TLS, certificate, greeting, login,
 //! mailbox) and which config key to look at. Must never send a mail or
 //! change a mailbox. Called by `src/cli/check.rs`.
@@ -368,9 +369,9 @@ pub async fn probe_smtp(
                     .map_err(|e| p.tls_failure(&e))
             })
             .await?;
-        Box::new(TlsTcp(tls))
+        Box::new(Capped::new(tls))
     } else {
-        Box::new(tcp)
+        Box::new(Capped::new(tcp))
     };
     let mut conn = p
         .step("reading the greeting and EHLO", async {
@@ -502,41 +503,77 @@ fn security_name(s: Security) -> &'static str {
     }
 }
 
-/// A TLS connection lettre can drive (its own TLS would redo DNS and TCP).
+/// Most bytes the SMTP probe reads from a server: a greeting, EHLO and
+/// AUTH answers are a few KiB, and lettre reads a reply line without a
+/// bound, so a hostile server streaming garbage is cut off here.
+pub const SMTP_READ_LIMIT: usize = 1 << 20;
+
+/// A connection lettre can drive (its own connect would redo DNS and TCP),
+/// reading at most `left` more bytes.
 #[derive(Debug)]
-struct TlsTcp(tokio_rustls::client::TlsStream<TcpStream>);
+struct Capped<S> {
+    inner: S,
+    left: usize,
+}
 
-// === impl TlsTcp ===
+// === impl Capped ===
 
-impl AsyncTokioStream for TlsTcp {
-    fn peer_addr(&self) -> std::io::Result<SocketAddr> {
-        self.0.get_ref().0.peer_addr()
+impl<S> Capped<S> {
+    fn new(inner: S) -> Self {
+        Capped {
+            inner,
+            left: SMTP_READ_LIMIT,
+        }
     }
 }
 
-impl AsyncRead for TlsTcp {
+impl AsyncTokioStream for Capped<TcpStream> {
+    fn peer_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.peer_addr()
+    }
+}
+
+impl AsyncTokioStream for Capped<tokio_rustls::client::TlsStream<TcpStream>> {
+    fn peer_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.get_ref().0.peer_addr()
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Capped<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        let this = self.get_mut();
+        if this.left == 0 {
+            return Poll::Ready(Err(std::io::Error::other(format!(
+                "the server sent more than {SMTP_READ_LIMIT} bytes without a complete answer"
+            ))));
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &r {
+            let n = buf.filled().len().saturating_sub(before);
+            this.left = this.left.saturating_sub(n);
+        }
+        r
     }
 }
 
-impl AsyncWrite for TlsTcp {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Capped<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
