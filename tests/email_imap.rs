@@ -320,7 +320,7 @@ async fn a_refused_login_is_failed_health_and_keeps_retrying() {
 
 /// A token-introspection endpoint for Dovecot's oauth2 passdb: the token
 /// `good-token` is active for user `airut`.
-async fn introspection_server() -> (String, tokio::task::JoinHandle<()>) {
+pub(crate) async fn introspection_server() -> (String, tokio::task::JoinHandle<()>) {
     use axum::routing::post;
     let app = axum::Router::new().route(
         "/introspect",
@@ -341,7 +341,7 @@ async fn introspection_server() -> (String, tokio::task::JoinHandle<()>) {
 }
 
 /// A client-credentials token endpoint handing out `good-token`.
-async fn token_server() -> (String, tokio::task::JoinHandle<()>) {
+pub(crate) async fn token_server() -> (String, tokio::task::JoinHandle<()>) {
     use axum::routing::post;
     let app = axum::Router::new().route(
         "/token",
@@ -529,7 +529,7 @@ async fn sigkill_between_append_and_delete_processes_once() {
 // === the OAuth2 token source against a local token endpoint ===
 
 /// A token endpoint answering `answer` (status, body) and counting requests.
-async fn scripted_token_server(
+pub(crate) async fn scripted_token_server(
     status: u16,
     body: &'static str,
 ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
@@ -564,7 +564,7 @@ async fn scripted_token_server(
     (format!("http://{addr}/t/oauth2/v2.0/token"), hits)
 }
 
-fn token_source(url: String) -> TokenSource {
+pub(crate) fn token_source(url: String) -> TokenSource {
     TokenSource::new(
         OAuth2Config {
             tenant_id: "t".to_owned(),

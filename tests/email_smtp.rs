@@ -26,7 +26,7 @@ use crate::email_support::*;
 
 /// A mail the receiver accepted.
 #[derive(Debug, Clone)]
-struct Received {
+pub(crate) struct Received {
     mail_from: String,
     rcpt_to: Vec<String>,
     data: Vec<u8>,
@@ -35,17 +35,17 @@ struct Received {
 }
 
 #[derive(Default, Clone)]
-struct ReceiverOptions {
+pub(crate) struct ReceiverOptions {
     /// Offer STARTTLS with these certificates.
-    starttls: Option<Arc<TestCerts>>,
+    pub(crate) starttls: Option<Arc<TestCerts>>,
     /// TLS from the first byte with these certificates.
-    implicit_tls: Option<Arc<TestCerts>>,
+    pub(crate) implicit_tls: Option<Arc<TestCerts>>,
     /// Answers to successive DATA ends (then 250).
-    data_answers: Vec<&'static str>,
+    pub(crate) data_answers: Vec<&'static str>,
 }
 
-struct Receiver {
-    port: u16,
+pub(crate) struct Receiver {
+    pub(crate) port: u16,
     received: Arc<Mutex<Vec<Received>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -56,7 +56,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 // === impl Receiver ===
 
 impl Receiver {
-    async fn start(options: ReceiverOptions) -> Receiver {
+    pub(crate) async fn start(options: ReceiverOptions) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -80,7 +80,7 @@ impl Receiver {
         }
     }
 
-    fn mails(&self) -> Vec<Received> {
+    pub(crate) fn mails(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
 }

@@ -184,6 +184,7 @@ const PINNED: &[(&str, u16, u16, Durability)] = &[
     ("image.build_finished", 402, 1, Durability::Durable),
     ("image.pruned", 403, 1, Durability::Buffered),
     ("image.reused", 404, 1, Durability::Buffered),
+    ("image.claude_binary_pruned", 405, 1, Durability::Buffered),
     ("container.created", 500, 1, Durability::Durable),
     ("container.started", 501, 1, Durability::Durable),
     ("container.output", 502, 1, Durability::Buffered),

@@ -1,6 +1,7 @@
 //! The one integration-test binary (one link on 2 cores); each module covers
 //! one area against real components.
 
+mod check;
 mod cli;
 mod dashboard;
 mod dashboard_browser;

@@ -1,7 +1,10 @@
 //! `airut check`: config, store (hash chains) and host, one line per check.
 //!
-//! Exits non-zero when any check fails. Later issues add their checks here
-//! (container engine, git mirrors, IMAP/SMTP reachability).
+//! Exits non-zero when any check fails. Covers the config, the state dir
+//! and store, the container engine, the Claude Code binary, git, each
+//! repo's remote and local mirror, and each email channel's IMAP and SMTP
+//! servers (probed for real: connect, TLS, login, mailbox; see
+//! [`crate::channels::email::probe`]).
 
 use std::process::ExitCode;
 
@@ -59,10 +62,13 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         // Without repos no task runs: engine trouble is a warning then.
         let needed = !ctx.loaded.config.repos.is_empty();
         check_engine(&mut r, &ctx.loaded.config.sandbox, needed).await;
+        check_claude(&mut r, &ctx.loaded.config.sandbox, &ctx.state_dir, needed);
     }
     check_git(&mut r).await;
     if let Some(ctx) = &ctx {
         check_remotes(&mut r, &ctx.loaded.config).await;
+        check_mirrors(&mut r, &ctx.loaded.config, &ctx.state_dir).await;
+        check_email(&mut r, &ctx.loaded.config).await;
     }
     if r.failures == 0 {
         println!("all checks passed");
@@ -206,5 +212,109 @@ async fn check_remotes(r: &mut Report, cfg: &crate::config::ServerConfig) {
                 ),
             ),
         }
+    }
+}
+
+/// Each repo's local bare mirror: ready, not created yet (a warning: the
+/// server clones it before the first task) or broken.
+async fn check_mirrors(
+    r: &mut Report,
+    cfg: &crate::config::ServerConfig,
+    state_dir: &std::path::Path,
+) {
+    use crate::workspace::MirrorState;
+    for id in cfg.repos.keys() {
+        let what = format!("repo {id} mirror");
+        let repo = crate::events::RepoId(id.clone());
+        match crate::workspace::inspect_mirror(state_dir, &repo, cfg.execution.git_timeout).await {
+            MirrorState::Ready { path, branch } => r.ok(
+                &what,
+                format!("{} (default branch {branch})", path.display()),
+            ),
+            MirrorState::Missing(path) => r.warn(
+                &what,
+                format!(
+                    "{} does not exist yet; the server clones it before the first task",
+                    path.display()
+                ),
+            ),
+            MirrorState::Broken { path, reason } => r.fail(
+                &what,
+                format!(
+                    "{}: {reason}; remove it and the server clones it afresh",
+                    path.display()
+                ),
+            ),
+        }
+    }
+}
+
+/// Each repo's email channel: its IMAP and SMTP servers, for real.
+async fn check_email(r: &mut Report, cfg: &crate::config::ServerConfig) {
+    use crate::channels::email::{EmailSettings, probe};
+    for (id, repo) in &cfg.repos {
+        let Some(mail) = &repo.email else {
+            continue;
+        };
+        let settings = match EmailSettings::from_config(
+            crate::events::RepoId(id.clone()),
+            mail,
+            vec![repo.model.clone()],
+            None,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                r.fail(
+                    &format!("repo {id} email"),
+                    format!("{e}; check repos.{id}.email"),
+                );
+                continue;
+            }
+        };
+        let imap = format!("repo {id} IMAP");
+        match probe::probe_imap(&settings, probe::PROBE_TIMEOUT).await {
+            Ok(report) => r.ok(
+                &imap,
+                format!("{}:{} {report}", settings.imap.host, settings.imap.port),
+            ),
+            Err(e) => r.fail(&imap, e),
+        }
+        let smtp = format!("repo {id} SMTP");
+        match probe::probe_smtp(&settings, probe::PROBE_TIMEOUT).await {
+            Ok(report) => r.ok(
+                &smtp,
+                format!("{}:{} {report}", settings.smtp.host, settings.smtp.port),
+            ),
+            Err(e) => r.fail(&smtp, e),
+        }
+    }
+}
+
+/// The Claude Code binary tasks mount: the configured path, or the cached
+/// version (not cached yet is a warning: the first task downloads it).
+fn check_claude(
+    r: &mut Report,
+    cfg: &crate::config::SandboxConfig,
+    state_dir: &std::path::Path,
+    needed: bool,
+) {
+    use crate::sandbox::claude_binary::{ClaudeBinaries, RELEASE_BASE};
+    let binaries = ClaudeBinaries::new(state_dir.join("claude"), RELEASE_BASE);
+    match binaries.cached(&cfg.claude) {
+        Ok(Some((version, path))) => {
+            r.ok("claude code", format!("{version} at {}", path.display()))
+        }
+        Ok(None) => r.warn(
+            "claude code",
+            match &cfg.claude {
+                crate::config::ClaudeSource::Version(v) => format!(
+                    "{v} is not cached yet; the first task downloads it from {RELEASE_BASE} \
+                     (or set sandbox.claude_path)"
+                ),
+                crate::config::ClaudeSource::Path(p) => p.display().to_string(),
+            },
+        ),
+        Err(e) if needed => r.fail("claude code", e),
+        Err(e) => r.warn("claude code", format!("{e} (no repos configured yet)")),
     }
 }

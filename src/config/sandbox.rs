@@ -1,6 +1,6 @@
 //! The sandbox's part of the config: the server-level `sandbox:` section
 //! (engine socket, Claude Code version or path, image max age, prune
-//! interval) and `repos.<id>.resource_limits` (timeout, memory, cpus, pids).
+//! interval, Claude Code max age) and `repos.<id>.resource_limits` (timeout, memory, cpus, pids).
 //!
 //! Raw shapes here are read by `raw.rs`; [`resolve_sandbox`] and
 //! [`resolve_limits`] are called from `resolve.rs`, collecting problems with
@@ -23,6 +23,7 @@ pub(crate) struct RawSandbox {
     pub claude_path: Option<Scalar>,
     pub image_max_age: Option<Scalar>,
     pub prune_interval: Option<Scalar>,
+    pub claude_max_age: Option<Scalar>,
 }
 
 /// `repos.<id>.resource_limits:` as written.
@@ -47,6 +48,9 @@ pub struct SandboxConfig {
     pub image_max_age: Duration,
     /// How often stale airut images are pruned.
     pub prune_interval: Duration,
+    /// Cached Claude Code versions unused this long are removed (on the
+    /// prune schedule). Zero = never.
+    pub claude_max_age: Duration,
 }
 
 /// Where the Claude Code binary comes from.
@@ -80,6 +84,7 @@ impl Default for SandboxConfig {
             claude: ClaudeSource::Version("stable".to_owned()),
             image_max_age: Duration::from_secs(24 * 3600),
             prune_interval: Duration::from_secs(24 * 3600),
+            claude_max_age: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -148,6 +153,11 @@ pub(crate) fn resolve_sandbox(r: &mut Resolver<'_>, raw: Option<&RawSandbox>) ->
         && let Some(d) = duration(r, "sandbox.prune_interval", s, Duration::from_secs(60))
     {
         cfg.prune_interval = d;
+    }
+    if let Some(s) = &raw.claude_max_age
+        && let Some(d) = duration(r, "sandbox.claude_max_age", s, Duration::ZERO)
+    {
+        cfg.claude_max_age = d;
     }
     cfg
 }
@@ -324,5 +334,22 @@ mod tests {
         for bad in ["", "2.1", "v2.1.3", "2.1.3-", "2.1.x", "stable "] {
             assert!(!valid_claude_version(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn claude_max_age_defaults_parses_and_is_checked() {
+        let load = |text: &str| crate::config::load_bytes(text.as_bytes(), "t.yaml", &|_| None);
+        let d = load("config_version: 1\n").unwrap().config;
+        assert_eq!(d.sandbox.claude_max_age, Duration::from_secs(7 * 24 * 3600));
+        let c = load("config_version: 1\nsandbox:\n  claude_max_age: 3d\n")
+            .unwrap()
+            .config;
+        assert_eq!(c.sandbox.claude_max_age, Duration::from_secs(3 * 24 * 3600));
+        let c = load("config_version: 1\nsandbox:\n  claude_max_age: 0\n")
+            .unwrap()
+            .config;
+        assert_eq!(c.sandbox.claude_max_age, Duration::ZERO);
+        let e = load("config_version: 1\nsandbox:\n  claude_max_age: soon\n").unwrap_err();
+        assert!(format!("{e:#}").contains("sandbox.claude_max_age"), "{e:#}");
     }
 }

@@ -1,4 +1,5 @@
-//! Image events: building the repo's container image.
+//! Image events: building the repo's container image, and pruning the
+//! cached images and Claude Code binaries.
 
 use super::{RepoId, TaskId, frozen};
 
@@ -54,6 +55,15 @@ frozen! {
         /// The tag removed.
         pub tag: String,
         /// Its age, in seconds.
+        pub age_secs: u64,
+    }
+
+    /// A cached Claude Code binary not used for longer than
+    /// `sandbox.claude_max_age` was removed by the prune schedule.
+    pub struct ClaudeBinaryPrunedV1 {
+        /// The version removed (`2.1.3`).
+        pub version: String,
+        /// Time since a task last used it, in seconds.
         pub age_secs: u64,
     }
 }

@@ -246,6 +246,7 @@ catalogue! {
     ImageBuildFinished(ImageBuildFinishedV1) = 402, ver 1, Durable, "image.build_finished";
     ImagePruned(ImagePrunedV1) = 403, ver 1, Buffered, "image.pruned";
     ImageReused(ImageReusedV1) = 404, ver 1, Buffered, "image.reused";
+    ClaudeBinaryPruned(ClaudeBinaryPrunedV1) = 405, ver 1, Buffered, "image.claude_binary_pruned";
 
     ContainerCreated(ContainerCreatedV1) = 500, ver 1, Durable, "container.created";
     ContainerStarted(ContainerStartedV1) = 501, ver 1, Durable, "container.started";

@@ -235,6 +235,10 @@ pub fn sample(ty: EventType) -> Event {
             tag: s("airut-repo:4f9c2a0e7b13d8c5"),
             age_secs: 3_725,
         }),
+        EventType::ClaudeBinaryPruned => Event::ClaudeBinaryPruned(ClaudeBinaryPrunedV1 {
+            version: s("2.1.3"),
+            age_secs: 1_209_600,
+        }),
         EventType::ContainerCreated => Event::ContainerCreated(ContainerCreatedV1 {
             task,
             container_id: s("3f7a9c21d0e4"),

@@ -279,6 +279,11 @@ impl Event {
                 text(&e.repo.0),
                 duration_ms(e.age_secs.saturating_mul(1000))
             ),
+            Event::ClaudeBinaryPruned(e) => format!(
+                "Claude Code {} pruned (unused for {})",
+                text(&e.version),
+                duration_ms(e.age_secs.saturating_mul(1000))
+            ),
             Event::ContainerOutputBlob(e) => format!(
                 "task {} {}:{} long line of {} bytes in blob {}: {}",
                 e.task,

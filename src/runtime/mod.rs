@@ -40,7 +40,8 @@ pub fn init_path() -> PathBuf {
 }
 
 /// Each repo's setup with its workspace, runner and channels. Background
-/// parts (the email sources, the proxies' audit writer, image pruning)
+/// parts (the email sources, the proxies' audit writer, image and Claude
+/// Code pruning)
 /// are spawned on `tracker` and stop with `cancel`.
 pub async fn setups(
     cfg: &ServerConfig,
@@ -214,6 +215,19 @@ async fn sandbox_shared(
         let _ = writer.await;
     });
     let claude = ClaudeBinaries::new(cfg.state_dir.join("claude"), RELEASE_BASE);
+    tracker.spawn({
+        let h = crate::sandbox::claude_binary::spawn_prune_schedule(
+            claude.clone(),
+            cfg.sandbox.claude.clone(),
+            cfg.sandbox.claude_max_age,
+            cfg.sandbox.prune_interval,
+            log.clone(),
+            cancel.child_token(),
+        );
+        async move {
+            let _ = h.await;
+        }
+    });
     Ok(SandboxShared {
         engine,
         log: log.clone(),

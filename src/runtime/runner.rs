@@ -26,7 +26,7 @@ use crate::events::{StopReason, TaskId, TaskOutcome};
 use crate::gateway::{BoxFuture, ExecutionResult, RunRequest, TaskRunner, Usage};
 use crate::log::Log;
 use crate::proxy::{self, Allowlist, AllowlistError, AuditSink, TaskProxy};
-use crate::sandbox::claude_binary::ClaudeBinaries;
+use crate::sandbox::claude_binary::{ClaudeBinaries, ClaudeLease};
 use crate::sandbox::image::{BuildFor, ImageCache, ImageSpec};
 use crate::sandbox::run::{self as sandbox_run, Mounts, NetworkMode, Stopper};
 use crate::sandbox::{Engine, Outcome};
@@ -82,7 +82,8 @@ impl TaskRunner for Unavailable {
 /// The parts of a run that must be cleaned up.
 struct Prepared {
     image: String,
-    claude: PathBuf,
+    /// Held until the run ends: the prune schedule keeps its version.
+    claude: ClaudeLease,
     env: Vec<(String, Secret)>,
     network: NetworkMode,
     ca_cert: Option<PathBuf>,
@@ -162,7 +163,7 @@ impl SandboxRunner {
         let claude = self
             .shared
             .claude
-            .resolve(&self.shared.claude_source)
+            .resolve_leased(&self.shared.claude_source)
             .await
             .map_err(|e| format!("the Claude Code binary is not available: {e}"))?;
         let mut env: Vec<(String, Secret)> = self
@@ -267,7 +268,7 @@ impl SandboxRunner {
                 storage: req.dirs.storage.clone(),
                 claude_state: req.dirs.claude.clone(),
             },
-            claude_binary: p.claude.clone(),
+            claude_binary: p.claude.path().to_owned(),
             init_binary: self.shared.init.clone(),
             env: std::mem::take(&mut p.env),
             limits,

@@ -13,8 +13,19 @@
 //! keeps working with what it has. A cold cache that cannot download is a
 //! clear error. Downloads of one version are serialised.
 //!
+//! Each resolution writes the time into `<cache>/<version>/last-used`, and a
+//! task holds a [`ClaudeLease`] on its version while it runs.
+//! [`ClaudeBinaries::prune`] removes versions not used for longer than
+//! `sandbox.claude_max_age` (one `image.claude_binary_pruned` event each),
+//! never the configured version, a channel's remembered version, or one
+//! leased by a running task; [`spawn_prune_schedule`] runs it every
+//! `sandbox.prune_interval`. An entry it cannot judge (a file, a name that
+//! is not a version, an unreadable marker) is warned about and left alone;
+//! a version without a marker (cached before markers existed) starts its
+//! clock at the first prune that sees it.
+//!
 //! Must never: run or mount a binary whose size or checksum does not match
-//! the manifest.
+//! the manifest, or remove a version a running task has mounted.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,6 +42,8 @@ use tokio::io::AsyncWriteExt;
 
 use crate::config::ClaudeSource;
 use crate::config::valid_claude_version;
+use crate::events::{ClaudeBinaryPrunedV1, Event, StreamId};
+use crate::log::{ExpectedVersion, Log, NewEvent, StreamAppend};
 
 /// Anthropic's release site.
 pub const RELEASE_BASE: &str = "https://downloads.claude.ai/claude-code-releases";
@@ -41,6 +54,12 @@ const SMALL_TIMEOUT: Duration = Duration::from_secs(30);
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(300);
 /// Largest manifest or channel answer read.
 const SMALL_MAX: usize = 1024 * 1024;
+/// The file in a version's directory holding when it was last resolved
+/// (Unix seconds, decimal).
+pub const LAST_USED: &str = "last-used";
+/// Prefix of a version directory being removed (renamed first, so a
+/// resolution never finds it half-deleted).
+const PRUNING_PREFIX: &str = ".pruning-";
 
 /// Why no binary is available.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +95,35 @@ pub enum ClaudeBinaryError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// Recording a prune in the log failed; the versions named were
+    /// removed all the same.
+    #[error("recording the removal of Claude Code {versions}: {reason}")]
+    Log {
+        /// The versions removed.
+        versions: String,
+        /// The log's error.
+        reason: String,
+    },
+}
+
+/// The binary of one task: its path, and a hold on its version so the
+/// prune schedule leaves it alone until the lease drops (the task ended).
+#[derive(Debug)]
+pub struct ClaudeLease {
+    path: PathBuf,
+    held: Option<(String, Leases)>,
+}
+
+type Leases = Arc<Mutex<HashMap<String, usize>>>;
+
+/// What one prune pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaudePrune {
+    /// Versions removed, each with the seconds since its last use.
+    pub removed: Vec<(String, u64)>,
+    /// Entries left alone because they could not be judged (each also
+    /// logged as a warning).
+    pub warnings: Vec<String>,
 }
 
 /// Resolves and caches Claude Code binaries. Cheap to clone.
@@ -86,6 +134,8 @@ pub struct ClaudeBinaries {
     platform: String,
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Per version: how many running tasks hold a [`ClaudeLease`].
+    leases: Leases,
 }
 
 #[derive(serde::Deserialize)]
@@ -127,25 +177,290 @@ impl ClaudeBinaries {
             platform: platform(),
             client: Client::builder(TokioExecutor::new()).build(connector),
             locks: Arc::new(Mutex::new(HashMap::new())),
+            leases: Arc::default(),
         }
     }
 
     /// The binary for `source`.
     pub async fn resolve(&self, source: &ClaudeSource) -> Result<PathBuf, ClaudeBinaryError> {
-        match source {
+        self.resolve_leased(source)
+            .await
+            .map(|lease| lease.path().to_owned())
+    }
+
+    /// The binary for `source`, held: the prune schedule does not remove
+    /// its version until the lease drops. A task holds it while it runs.
+    pub async fn resolve_leased(
+        &self,
+        source: &ClaudeSource,
+    ) -> Result<ClaudeLease, ClaudeBinaryError> {
+        let version = match source {
             ClaudeSource::Path(p) => {
-                if p.is_file() {
-                    Ok(p.clone())
+                return if p.is_file() {
+                    Ok(ClaudeLease {
+                        path: p.clone(),
+                        held: None,
+                    })
                 } else {
                     Err(ClaudeBinaryError::MissingPath(p.clone()))
-                }
+                };
             }
             ClaudeSource::Version(v) if v == "stable" || v == "latest" => {
-                let version = self.resolve_channel(v).await?;
-                self.version(&version).await
+                self.resolve_channel(v).await?
             }
-            ClaudeSource::Version(v) => self.version(v).await,
+            ClaudeSource::Version(v) => v.clone(),
+        };
+        // Held before the cache is looked at: a prune that renamed the
+        // version away first makes this download it again, never mount a
+        // removed file.
+        let mut lease = self.lease(&version);
+        lease.path = self.version(&version).await?;
+        Ok(lease)
+    }
+
+    /// What the cache holds for `source`, without the network (for
+    /// `airut check`): the version and its binary, or `None` when it
+    /// would be downloaded on the first task.
+    pub fn cached(
+        &self,
+        source: &ClaudeSource,
+    ) -> Result<Option<(String, PathBuf)>, ClaudeBinaryError> {
+        let version = match source {
+            ClaudeSource::Path(p) if p.is_file() => {
+                return Ok(Some(("configured path".to_owned(), p.clone())));
+            }
+            ClaudeSource::Path(p) => return Err(ClaudeBinaryError::MissingPath(p.clone())),
+            ClaudeSource::Version(c) if c == "stable" || c == "latest" => {
+                match std::fs::read_to_string(self.cache_dir.join(format!(".channel-{c}"))) {
+                    Ok(v) if valid_claude_version(v.trim()) => v.trim().to_owned(),
+                    _ => return Ok(None),
+                }
+            }
+            ClaudeSource::Version(v) => v.clone(),
+        };
+        let target = self.cache_dir.join(&version).join("claude");
+        Ok(target.is_file().then_some((version, target)))
+    }
+
+    fn lease(&self, version: &str) -> ClaudeLease {
+        let mut leases = self
+            .leases
+            .lock()
+            .expect("claude lease map is never poisoned");
+        *leases.entry(version.to_owned()).or_default() += 1;
+        ClaudeLease {
+            path: PathBuf::new(),
+            held: Some((version.to_owned(), Arc::clone(&self.leases))),
         }
+    }
+
+    /// Removes cached versions not used for longer than `max_age`, except
+    /// the one `keep` names (and any version a channel last resolved to)
+    /// and those leased by running tasks; records one
+    /// `image.claude_binary_pruned` per removal. Does nothing when
+    /// `max_age` is zero.
+    pub async fn prune(
+        &self,
+        keep: &ClaudeSource,
+        max_age: Duration,
+        log: &Log,
+    ) -> Result<ClaudePrune, ClaudeBinaryError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let this = self.clone();
+        let keep = keep.clone();
+        let report = tokio::task::spawn_blocking(move || this.prune_at(&keep, max_age, now))
+            .await
+            .map_err(|e| ClaudeBinaryError::Cache {
+                path: self.cache_dir.clone(),
+                source: std::io::Error::other(format!("prune task failed: {e}")),
+            })?;
+        if !report.removed.is_empty() {
+            let events = report
+                .removed
+                .iter()
+                .map(|(version, age_secs)| NewEvent {
+                    event: Event::ClaudeBinaryPruned(ClaudeBinaryPrunedV1 {
+                        version: version.clone(),
+                        age_secs: *age_secs,
+                    }),
+                    causation: None,
+                })
+                .collect();
+            log.append(StreamAppend {
+                stream: StreamId::server(),
+                expected: ExpectedVersion::Any,
+                events,
+            })
+            .await
+            .map_err(|e| ClaudeBinaryError::Log {
+                versions: report
+                    .removed
+                    .iter()
+                    .map(|(v, _)| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(report)
+    }
+
+    /// [`ClaudeBinaries::prune`]'s file work (blocking), at `now` (Unix
+    /// seconds); records nothing.
+    pub fn prune_at(&self, keep: &ClaudeSource, max_age: Duration, now: u64) -> ClaudePrune {
+        let mut report = ClaudePrune::default();
+        if max_age.is_zero() {
+            return report;
+        }
+        let mut warn = |what: String| {
+            tracing::warn!(cache = %self.cache_dir.display(), "{what}");
+            report.warnings.push(what);
+        };
+        let entries = match std::fs::read_dir(&self.cache_dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return report,
+            Err(e) => {
+                warn(format!(
+                    "cannot list the Claude Code cache {}: {e}; nothing pruned",
+                    self.cache_dir.display()
+                ));
+                return report;
+            }
+        };
+        let mut kept: Vec<String> = Vec::new();
+        if let ClaudeSource::Version(v) = keep {
+            kept.push(v.clone());
+        }
+        let mut candidates = Vec::new();
+        for entry in entries {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    warn(format!(
+                        "cannot read an entry of the Claude Code cache: {e}"
+                    ));
+                    continue;
+                }
+            };
+            let path = entry.path();
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                warn(format!("{} is not a version; left alone", path.display()));
+                continue;
+            };
+            if let Some(channel) = name.strip_prefix(".channel-") {
+                // A channel's last resolution is what a server that cannot
+                // reach the site falls back to: never removed.
+                if !channel.contains(".tmp")
+                    && let Ok(v) = std::fs::read_to_string(&path)
+                {
+                    kept.push(v.trim().to_owned());
+                }
+                continue;
+            }
+            if name.starts_with(PRUNING_PREFIX) {
+                // Left by an interrupted prune.
+                if let Err(e) = std::fs::remove_dir_all(&path) {
+                    warn(format!("cannot remove {}: {e}", path.display()));
+                }
+                continue;
+            }
+            if name.starts_with('.') {
+                continue;
+            }
+            candidates.push((name, path));
+        }
+        for (name, path) in candidates {
+            if kept.contains(&name) {
+                continue;
+            }
+            match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    warn(format!(
+                        "{} is not a directory; left alone (remove it by hand if it is not needed)",
+                        path.display()
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    warn(format!("cannot stat {}: {e}; left alone", path.display()));
+                    continue;
+                }
+            }
+            if !valid_claude_version(&name) || name == "stable" || name == "latest" {
+                warn(format!("{} is not a version; left alone", path.display()));
+                continue;
+            }
+            let marker = path.join(LAST_USED);
+            let last = match std::fs::read(&marker) {
+                Ok(bytes) => match String::from_utf8_lossy(&bytes).trim().parse::<u64>() {
+                    Ok(t) => t,
+                    Err(_) => {
+                        warn(format!(
+                            "{} does not hold a time ({:?}); its clock starts now",
+                            marker.display(),
+                            String::from_utf8_lossy(&bytes)
+                                .chars()
+                                .take(40)
+                                .collect::<String>()
+                        ));
+                        touch(&marker, now);
+                        continue;
+                    }
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    warn(format!(
+                        "Claude Code {name} has no {LAST_USED} marker (cached before pruning existed?); its clock starts now"
+                    ));
+                    touch(&marker, now);
+                    continue;
+                }
+                Err(e) => {
+                    warn(format!(
+                        "cannot read {}: {e}; Claude Code {name} left alone",
+                        marker.display()
+                    ));
+                    continue;
+                }
+            };
+            let age = now.saturating_sub(last);
+            if age <= max_age.as_secs() {
+                continue;
+            }
+            let doomed = self
+                .cache_dir
+                .join(format!("{PRUNING_PREFIX}{name}-{}", std::process::id()));
+            {
+                // Under the lease lock: a task taking a lease now either
+                // came first (kept) or finds the version gone (downloads).
+                let leases = self
+                    .leases
+                    .lock()
+                    .expect("claude lease map is never poisoned");
+                if leases.get(&name).is_some_and(|n| *n > 0) {
+                    tracing::debug!(version = %name, "Claude Code version in use; not pruned");
+                    continue;
+                }
+                if let Err(e) = std::fs::rename(&path, &doomed) {
+                    drop(leases);
+                    warn(format!("cannot remove {}: {e}", path.display()));
+                    continue;
+                }
+            }
+            if let Err(e) = std::fs::remove_dir_all(&doomed) {
+                warn(format!(
+                    "Claude Code {name} moved to {} but not fully removed: {e}",
+                    doomed.display()
+                ));
+            }
+            tracing::info!(version = %name, unused_for_s = age, "pruned an unused Claude Code version");
+            report.removed.push((name, age));
+        }
+        report.removed.sort();
+        report
     }
 
     /// The version a channel points at; the last known one when the site
@@ -182,7 +497,23 @@ impl ClaudeBinaries {
         }
     }
 
+    /// The cached (or downloaded) binary of `version`; marks it used now.
     async fn version(&self, version: &str) -> Result<PathBuf, ClaudeBinaryError> {
+        let target = self.fetch_version(version).await?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if let Some(dir) = target.parent() {
+            let marker = dir.join(LAST_USED);
+            tokio::task::spawn_blocking(move || touch(&marker, now))
+                .await
+                .unwrap_or_default();
+        }
+        Ok(target)
+    }
+
+    async fn fetch_version(&self, version: &str) -> Result<PathBuf, ClaudeBinaryError> {
         if !valid_claude_version(version) {
             return Err(ClaudeBinaryError::Unavailable {
                 version: version.to_owned(),
@@ -364,6 +695,68 @@ impl ClaudeBinaries {
             path: self.cache_dir.clone(),
             source,
         })
+    }
+}
+
+/// Runs [`ClaudeBinaries::prune`] every `interval` until `cancel`, keeping
+/// what `keep` names.
+pub fn spawn_prune_schedule(
+    binaries: ClaudeBinaries,
+    keep: ClaudeSource,
+    max_age: Duration,
+    interval: Duration,
+    log: Log,
+    cancel: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {
+                    match binaries.prune(&keep, max_age, &log).await {
+                        Ok(r) if !r.removed.is_empty() => tracing::info!(removed = r.removed.len(), "pruned unused Claude Code versions"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "Claude Code prune failed; retrying next interval"),
+                    }
+                }
+            }
+        }
+    })
+}
+
+// === impl ClaudeLease ===
+
+impl ClaudeLease {
+    /// The binary to mount.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ClaudeLease {
+    fn drop(&mut self) {
+        if let Some((version, leases)) = self.held.take()
+            && let Ok(mut leases) = leases.lock()
+            && let Some(n) = leases.get_mut(&version)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                leases.remove(&version);
+            }
+        }
+    }
+}
+
+/// Writes `now` into a last-used marker; a failure is logged (the version
+/// then looks older than it is, or starts its clock at the next prune).
+fn touch(marker: &Path, now: u64) {
+    let tmp = marker.with_extension(format!("tmp-{}", std::process::id()));
+    let r = std::fs::write(&tmp, format!("{now}\n")).and_then(|()| std::fs::rename(&tmp, marker));
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(&tmp);
+        tracing::warn!(marker = %marker.display(), error = %e, "cannot record when Claude Code was last used");
     }
 }
 

@@ -10,7 +10,7 @@
 //! agent can change.
 //!
 //! Called by the gateway (prepare before a run, remove on expiry) and by
-//! `airut check` ([`probe_remote`]). Must never: follow a path out of the
+//! `airut check` ([`probe_remote`], [`inspect_mirror`]). Must never: follow a path out of the
 //! repo tree, leave a half-made conversation directory behind, or reveal a
 //! credential (see [`git`]).
 
@@ -583,6 +583,76 @@ pub async fn probe_remote(
             command: format!("ls-remote --symref {url} HEAD"),
             stderr: "the remote has no default branch (is it empty?)".to_owned(),
         })
+}
+
+/// The state of a repo's local bare mirror, as `airut check` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MirrorState {
+    /// Not created yet: the server clones it before the repo's first task.
+    Missing(PathBuf),
+    /// A bare repository whose default branch has a commit.
+    Ready {
+        /// Its directory.
+        path: PathBuf,
+        /// The default branch (its `HEAD`).
+        branch: String,
+    },
+    /// There, but not usable; the reason says what is wrong. Removing the
+    /// directory makes the server clone it afresh.
+    Broken {
+        /// Its directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Looks at the mirror of `repo` under `state_dir` without changing it:
+/// whether it exists, is a bare git repository, and its default branch
+/// points at a commit.
+pub async fn inspect_mirror(state_dir: &Path, repo: &RepoId, timeout: Duration) -> MirrorState {
+    let path = state_dir.join("repos").join(&repo.0).join("mirror.git");
+    if !path.exists() {
+        return MirrorState::Missing(path);
+    }
+    let broken = |reason: String| MirrorState::Broken {
+        path: path.clone(),
+        reason,
+    };
+    if !path.is_dir() {
+        return broken("not a directory".to_owned());
+    }
+    let git = Git::new(timeout);
+    let dir = format!("--git-dir={}", path.display());
+    match git
+        .run(None, [dir.as_str(), "rev-parse", "--is-bare-repository"])
+        .await
+    {
+        Ok(out) if String::from_utf8_lossy(&out).trim() == "true" => {}
+        Ok(out) => {
+            return broken(format!(
+                "not a bare repository (rev-parse says {:?})",
+                String::from_utf8_lossy(&out).trim()
+            ));
+        }
+        Err(e) => return broken(format!("not a git repository: {e}")),
+    }
+    let head = match git.run(None, [dir.as_str(), "symbolic-ref", "HEAD"]).await {
+        Ok(out) => String::from_utf8_lossy(&out).trim().to_owned(),
+        Err(e) => return broken(format!("no default branch: {e}")),
+    };
+    let branch = head.strip_prefix("refs/heads/").unwrap_or(&head).to_owned();
+    let spec = format!("{head}^{{commit}}");
+    match git
+        .run(
+            None,
+            [dir.as_str(), "rev-parse", "--verify", "--quiet", &spec],
+        )
+        .await
+    {
+        Ok(_) => MirrorState::Ready { path, branch },
+        Err(_) => broken(format!("the default branch {branch} has no commit")),
+    }
 }
 
 /// `ref: refs/heads/main\tHEAD` → `refs/heads/main`.

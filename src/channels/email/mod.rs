@@ -12,6 +12,7 @@
 //! The network parts live beside them: [`source`] (IMAP: record each mail
 //! durably, then delete it), [`sink`] (SMTP replies, at most once per key),
 //! [`reply_sink`] (the sink as the gateway's `ReplySink`),
+//! [`probe`] (reachability of both servers, for `airut check`),
 //! [`config`] (runtime settings from `repos.<id>.email`), [`oauth`]
 //! (Microsoft 365 tokens), [`tls`] and [`markdown`] (reply HTML).
 //! [`spawn`] starts a repo's channel. See doc/email.md for the rules in
@@ -24,6 +25,7 @@ pub mod loop_guard;
 pub mod markdown;
 pub mod oauth;
 pub mod parse;
+pub mod probe;
 pub mod quotes;
 pub mod reply_sink;
 pub mod sink;

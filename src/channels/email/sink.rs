@@ -132,6 +132,35 @@ pub struct EmailSink {
 #[derive(Clone, Debug)]
 struct AutoSubmitted;
 
+/// The EHLO name: the domain of our address, when there is one. Shared
+/// with [`super::probe`].
+pub(crate) fn hello_name(settings: &EmailSettings) -> Option<ClientId> {
+    let domain = settings.message_id_domain();
+    (!domain.is_empty()).then(|| ClientId::Domain(domain.to_owned()))
+}
+
+/// What SMTP AUTH uses: PLAIN/LOGIN with the password, XOAUTH2 with a
+/// token; `None` (no AUTH) when the password is empty. Shared with
+/// [`super::probe`].
+pub(crate) async fn smtp_auth(
+    settings: &EmailSettings,
+) -> Result<Option<(SmtpCredentials, Vec<Mechanism>)>, super::oauth::OAuthError> {
+    Ok(match &settings.credentials {
+        Credentials::Password { password, .. } if password.expose().is_empty() => None,
+        Credentials::Password { username, password } => Some((
+            SmtpCredentials::new(username.clone(), password.expose().to_owned()),
+            vec![Mechanism::Plain, Mechanism::Login],
+        )),
+        Credentials::OAuth2 { username, tokens } => {
+            let token = tokens.token().await?;
+            Some((
+                SmtpCredentials::new(username.clone(), token.expose().to_owned()),
+                vec![Mechanism::Xoauth2],
+            ))
+        }
+    })
+}
+
 // === impl EmailSink ===
 
 impl EmailSink {
@@ -437,9 +466,8 @@ impl EmailSink {
             AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.host.as_str())
                 .port(smtp.port)
                 .timeout(Some(SMTP_TIMEOUT));
-        let domain = self.settings.message_id_domain();
-        if !domain.is_empty() {
-            builder = builder.hello_name(ClientId::Domain(domain.to_owned()));
+        if let Some(name) = hello_name(&self.settings) {
+            builder = builder.hello_name(name);
         }
         let tls = match smtp.security {
             Security::Plain => Tls::None,
@@ -457,24 +485,11 @@ impl EmailSink {
             }
         };
         builder = builder.tls(tls);
-        builder = match &self.settings.credentials {
-            Credentials::Password { password, .. } if password.expose().is_empty() => builder,
-            Credentials::Password { username, password } => builder
-                .credentials(SmtpCredentials::new(
-                    username.clone(),
-                    password.expose().to_owned(),
-                ))
-                .authentication(vec![Mechanism::Plain, Mechanism::Login]),
-            Credentials::OAuth2 { username, tokens } => {
-                let token = tokens.token().await.map_err(|e| e.to_string())?;
-                builder
-                    .credentials(SmtpCredentials::new(
-                        username.clone(),
-                        token.expose().to_owned(),
-                    ))
-                    .authentication(vec![Mechanism::Xoauth2])
-            }
-        };
+        if let Some((credentials, mechanisms)) =
+            smtp_auth(&self.settings).await.map_err(|e| e.to_string())?
+        {
+            builder = builder.credentials(credentials).authentication(mechanisms);
+        }
         Ok(builder.build())
     }
 

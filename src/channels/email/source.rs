@@ -97,6 +97,20 @@ pub enum SourceError {
     /// (health `failed`; retried anyway).
     #[error("login refused: {0}")]
     Login(String),
+    /// The TLS handshake failed (an untrusted or wrong certificate, or no
+    /// TLS on that port): an operator must fix `imap.security`,
+    /// `imap.port` or `ca_file` (health `degraded`; retried anyway).
+    #[error("TLS with {host}: {source}")]
+    Tls {
+        /// The server name.
+        host: String,
+        /// rustls' error, as I/O.
+        source: std::io::Error,
+    },
+    /// The server refused STARTTLS (or does not offer it): fix
+    /// `imap.security` (health `degraded`; retried anyway).
+    #[error("STARTTLS refused: {0}")]
+    StartTls(String),
     /// The server did not answer in time.
     #[error("{0} timed out after {1} s")]
     Timeout(&'static str, u64),
@@ -130,7 +144,7 @@ pub enum ImapStream {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-type ImapSession = Session<ImapStream>;
+pub(crate) type ImapSession = Session<ImapStream>;
 
 /// Starts the source: records every mail of the mailbox and sends each
 /// accepted one on `accepted`. Stops when `cancel` fires (finishing the
@@ -698,6 +712,17 @@ async fn connect(settings: &EmailSettings) -> Result<ImapSession, SourceError> {
     let tcp = TcpStream::connect((imap.host.as_str(), imap.port))
         .await
         .map_err(conn)?;
+    let client = open(settings, tcp).await?;
+    login(settings, client).await
+}
+
+/// Protects a connected socket as configured (implicit TLS, STARTTLS or
+/// plain) and reads the greeting. Shared with [`super::probe`].
+pub(crate) async fn open(
+    settings: &EmailSettings,
+    tcp: TcpStream,
+) -> Result<Client<ImapStream>, SourceError> {
+    let imap = &settings.imap;
     let _ = tcp.set_nodelay(true);
     // A connection that dies silently (a NAT forgetting it) would otherwise
     // go unnoticed until IDLE is re-issued; keepalive probes find it within
@@ -717,8 +742,10 @@ async fn connect(settings: &EmailSettings) -> Result<ImapSession, SourceError> {
         let name = tls::server_name(&imap.host).map_err(|e| SourceError::Connection(e.to_string()))?;
         Ok((tokio_rustls::TlsConnector::from(config), name))
     };
-    let tls_err =
-        |e: std::io::Error| SourceError::Connection(format!("TLS with {}: {e}", imap.host));
+    let tls_err = |source: std::io::Error| SourceError::Tls {
+        host: imap.host.clone(),
+        source,
+    };
     let client = match imap.security {
         Security::Plain => greeted(Client::new(ImapStream::Plain(tcp))).await?,
         Security::Tls => {
@@ -731,7 +758,7 @@ async fn connect(settings: &EmailSettings) -> Result<ImapSession, SourceError> {
             plain
                 .run_command_and_check_ok("STARTTLS", None)
                 .await
-                .map_err(|e| SourceError::Connection(format!("STARTTLS refused: {e}")))?;
+                .map_err(|e| SourceError::StartTls(e.to_string()))?;
             let ImapStream::Plain(tcp) = plain.into_inner() else {
                 return Err(SourceError::Connection(
                     "STARTTLS on a TLS stream".to_owned(),
@@ -742,6 +769,15 @@ async fn connect(settings: &EmailSettings) -> Result<ImapSession, SourceError> {
             Client::new(ImapStream::Tls(Box::new(tls)))
         }
     };
+    Ok(client)
+}
+
+/// Logs in with the configured credentials (LOGIN, or XOAUTH2 with a
+/// token from the endpoint). Shared with [`super::probe`].
+pub(crate) async fn login(
+    settings: &EmailSettings,
+    client: Client<ImapStream>,
+) -> Result<ImapSession, SourceError> {
     match &settings.credentials {
         Credentials::Password { username, password } => client
             .login(username, password.expose())
