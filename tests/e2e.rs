@@ -18,7 +18,12 @@
 //! execution timeout ends a task with a reply that says so; (6) a server
 //! killed with SIGKILL mid-task answers the message exactly once after a
 //! restart; (3) three follow-ups while a task runs make exactly one next
-//! task.
+//! task; (4) under `max_concurrent: 2` two conversations run at once and a
+//! third starts only after one of them finished (from the log's order: the
+//! mock holds the agents' turns until the test releases them, so nothing
+//! depends on durations); (7) the dashboard's Stop, fetched and posted as a
+//! browser does (the form's CSRF token, the page's Origin), stops the
+//! container and the user gets one threaded reply saying so.
 
 #![allow(
     clippy::unwrap_used,
@@ -29,7 +34,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use mail_parser::{MessageParser, MimeHeaders};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -54,9 +59,17 @@ fn install_binaries(dir: &Path) -> PathBuf {
             .and_then(Path::parent)
             .unwrap()
             .to_owned();
+        // The profile of this test build (a `--release` benchmark run
+        // builds the init with the release libraries it already has).
+        let profile = if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        };
         let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .args(["rustc", "--quiet", "--bin", "airut-init", "--manifest-path"])
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .args((profile == "release").then_some("--release"))
             .args(["--", "-C", "target-feature=+crt-static"])
             .env("CARGO_TARGET_DIR", &target)
             .output()
@@ -69,7 +82,7 @@ fn install_binaries(dir: &Path) -> PathBuf {
         let dest = target.join("airut-init-e2e");
         std::fs::create_dir_all(&dest).unwrap();
         let tmp = dest.join("airut-init.tmp");
-        std::fs::copy(target.join("debug/airut-init"), &tmp).unwrap();
+        std::fs::copy(target.join(profile).join("airut-init"), &tmp).unwrap();
         let dest = dest.join("airut-init");
         std::fs::rename(&tmp, &dest).unwrap();
         dest
@@ -143,6 +156,9 @@ fn make_remote(root: &Path) -> PathBuf {
 struct Received {
     rcpt_to: Vec<String>,
     data: Vec<u8>,
+    /// When the receiver had the whole mail (end of DATA).
+    #[allow(dead_code)]
+    at: SystemTime,
 }
 
 /// A plain SMTP server on loopback keeping every mail.
@@ -251,6 +267,7 @@ async fn smtp_session(
             kept.lock().unwrap().push(Received {
                 rcpt_to: rcpt_to.clone(),
                 data,
+                at: SystemTime::now(),
             });
             "250 queued\r\n"
         } else if upper.starts_with("QUIT") {
@@ -276,6 +293,34 @@ struct World {
     config: PathBuf,
     state: PathBuf,
     server: Option<Child>,
+    /// `AIRUT_LOG` of the server.
+    log_filter: String,
+}
+
+/// How a [`World`] is set up.
+struct Setup<'a> {
+    /// The mock's script (`fixtures/claude/<script>.json`).
+    script: &'a str,
+    /// The repo's `resource_limits.timeout`.
+    timeout: &'a str,
+    /// `execution.max_concurrent`.
+    max_concurrent: usize,
+    /// `imap.mode`: `poll` (every second) or `idle`.
+    imap_mode: &'a str,
+    /// The server's `AIRUT_LOG`.
+    log_filter: &'a str,
+}
+
+impl<'a> Setup<'a> {
+    fn new(script: &'a str) -> Setup<'a> {
+        Setup {
+            script,
+            timeout: "400s",
+            max_concurrent: 3,
+            imap_mode: "poll",
+            log_filter: "info,airut=debug",
+        }
+    }
 }
 
 impl World {
@@ -285,6 +330,21 @@ impl World {
 
     /// A world whose repo has `resource_limits.timeout: {timeout}`.
     async fn with_timeout(script: &str, timeout: &str) -> World {
+        World::with(Setup {
+            timeout,
+            ..Setup::new(script)
+        })
+        .await
+    }
+
+    async fn with(setup: Setup<'_>) -> World {
+        let Setup {
+            script,
+            timeout,
+            max_concurrent,
+            imap_mode,
+            log_filter,
+        } = setup;
         // What `scripts/ensure-podman.sh` set up (read once, shared with the
         // sandbox tests).
         let env = crate::sandbox::setup();
@@ -308,6 +368,7 @@ dashboard:
   port: 0
 execution:
   shutdown_timeout: 5s
+  max_concurrent: {max_concurrent}
 sandbox:
   engine_socket: {socket}
   claude_path: {claude}
@@ -326,7 +387,7 @@ repos:
         host: 127.0.0.1
         port: {imap}
         security: plain
-        mode: poll
+        mode: {imap_mode}
         poll_interval: 1s
       smtp:
         host: 127.0.0.1
@@ -358,6 +419,8 @@ repos:
                 smtp = smtp.port,
                 mock = mock.addr.port(),
                 timeout = timeout,
+                max_concurrent = max_concurrent,
+                imap_mode = imap_mode,
             ),
         )
         .unwrap();
@@ -371,8 +434,10 @@ repos:
             config,
             state,
             server: None,
+            log_filter: log_filter.to_owned(),
         };
         w.start_server();
+        w.wait_serving().await;
         w
     }
 
@@ -392,7 +457,8 @@ repos:
             .arg("--state-dir")
             .arg(&self.state)
             .arg("run")
-            .env("AIRUT_LOG", "info,airut=debug")
+            .env("AIRUT_LOG", &self.log_filter)
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -455,6 +521,178 @@ impl World {
             })
             .await
     }
+}
+
+/// One event of `airut events tail --json`.
+#[derive(Debug, Clone)]
+#[allow(dead_code)]
+struct Ev {
+    seq: u64,
+    time: SystemTime,
+    ty: String,
+    event_id: String,
+    data: serde_json::Value,
+}
+
+impl Ev {
+    /// The `task` of its payload (task and container events).
+    fn task(&self) -> String {
+        self.data["task"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+impl World {
+    /// The whole log, through the running server's API.
+    fn events(&self) -> Vec<Ev> {
+        self.cli(&["events", "tail", "--json"])
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                Ev {
+                    seq: v["seq"].as_u64().unwrap(),
+                    time: humantime::parse_rfc3339(v["time"].as_str().unwrap()).unwrap(),
+                    ty: v["type"].as_str().unwrap().to_owned(),
+                    event_id: v["event_id"].as_str().unwrap_or_default().to_owned(),
+                    data: v["data"].clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Waits until the log has `n` events of type `ty`.
+    async fn wait_events(&self, ty: &str, n: usize) -> Vec<Ev> {
+        let deadline = tokio::time::Instant::now() + AGENT_PATIENCE;
+        loop {
+            let all = self.events();
+            if all.iter().filter(|e| e.ty == ty).count() >= n {
+                return all;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "fewer than {n} {ty}:\n{}",
+                tail(&self.server_log())
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until `n` agent turns are held by the mock.
+    async fn wait_held(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + AGENT_PATIENCE;
+        while self.mock.held() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {} of {n} agent turns held:\n{}",
+                self.mock.held(),
+                tail(&self.server_log())
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `n` answers (mails other than acknowledgements) arrived.
+    async fn wait_answers(&self, n: usize) -> Vec<Mail> {
+        let deadline = tokio::time::Instant::now() + AGENT_PATIENCE;
+        loop {
+            let got = answers(&self.smtp.mails());
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "answers so far: {got:?}\n{}",
+                tail(&self.server_log())
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The dashboard's base URL, from the runtime file.
+    fn dashboard(&self) -> String {
+        let info: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.state.join("server.json")).unwrap())
+                .unwrap();
+        format!("http://{}", info["addr"].as_str().unwrap())
+    }
+
+    /// The server's pid.
+    fn server_pid(&self) -> u32 {
+        self.server.as_ref().unwrap().id()
+    }
+
+    /// Waits until the server started last answers `/healthz` (its
+    /// runtime file names it); returns when that was.
+    async fn wait_serving(&self) -> tokio::time::Instant {
+        let deadline = tokio::time::Instant::now() + AGENT_PATIENCE;
+        let pid = u64::from(self.server_pid());
+        loop {
+            let info = std::fs::read(self.state.join("server.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .filter(|v| v["pid"].as_u64() == Some(pid));
+            if let Some(info) = info {
+                let url = format!("http://{}/healthz", info["addr"].as_str().unwrap());
+                if let Ok((200, _, _)) = try_http("GET", &url, &[], "").await {
+                    return tokio::time::Instant::now();
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the server does not serve:\n{}",
+                tail(&self.server_log())
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// An HTTP/1.1 request as a browser sends it (hyper's client sets `Host`):
+/// status, headers and body.
+async fn http(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
+    try_http(method, url, headers, body).await.unwrap()
+}
+
+type HttpResult = Result<(u16, Vec<(String, String)>, String), Box<dyn std::error::Error>>;
+
+async fn try_http(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> HttpResult {
+    use http_body_util::{BodyExt, Full};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let mut req = hyper::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(bytes::Bytes::from(body.to_owned())))?;
+    let resp = client.request(req).await?;
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+        .collect();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// The most tasks running at once in `events`: between `start` and one of
+/// `end`, by the payload's task.
+fn most_at_once(events: &[Ev], start: &str, end: &[&str]) -> usize {
+    let mut running = std::collections::HashSet::new();
+    let mut most = 0;
+    for e in events {
+        if e.ty == start {
+            running.insert(e.task());
+            most = most.max(running.len());
+        } else if end.contains(&e.ty.as_str()) {
+            running.remove(&e.task());
+        }
+    }
+    most
 }
 
 impl Drop for World {
@@ -947,4 +1185,278 @@ async fn three_follow_ups_during_a_task_make_exactly_one_next_task() {
     let story = w.cli(&["replay", &conv]);
     let started = story.lines().filter(|l| l.contains("task.started")).count();
     assert_eq!(started, 2, "two tasks in all:\n{story}");
+}
+
+/// (4) Two conversations run in parallel under `max_concurrent: 2`; a third
+/// waits until one of them finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_conversations_run_in_parallel_and_a_third_waits() {
+    let w = World::with(Setup {
+        max_concurrent: 2,
+        ..Setup::new("e2e_parallel")
+    })
+    .await;
+    let log = w.server_log();
+    let ids = [
+        "par-1@example.com",
+        "par-2@example.com",
+        "par-3@example.com",
+    ];
+    for (i, id) in ids.iter().enumerate() {
+        w.dovecot
+            .deliver(
+                &mail(
+                    "alice@example.com",
+                    id,
+                    &format!("Job {}", i + 1),
+                    &format!("Please do job {}.", i + 1),
+                    "pass",
+                    &[],
+                ),
+                None,
+            )
+            .await;
+    }
+    // All three are queued; two agents are held on their turn.
+    w.wait_events("task.queued", 3).await;
+    w.wait_held(2).await;
+    // Room for a third start to show if the limit did not hold it back.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let events = w.events();
+    let started: Vec<&Ev> = events.iter().filter(|e| e.ty == "task.started").collect();
+    assert_eq!(started.len(), 2, "two of three started: {started:?}");
+    assert_eq!(w.mock.agent_requests().len(), 2);
+    assert!(!events.iter().any(|e| e.ty == "task.completed"));
+
+    // One of the two ends: the third starts and answers while the other
+    // is still held.
+    w.mock.release(1);
+    w.wait_answers(2).await;
+    assert_eq!(w.mock.held(), 1, "the other first task is still running");
+    let events = w.events();
+    assert_eq!(events.iter().filter(|e| e.ty == "task.started").count(), 3);
+    assert_eq!(
+        most_at_once(&events, "task.started", &["task.completed"]),
+        2,
+        "two tasks ran at once (the second and the third)"
+    );
+    w.mock.release(1);
+    let answered = w.wait_answers(3).await;
+    // Let anything extra come.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let all = w.smtp.mails();
+    assert_eq!(all.len(), 6, "three acks and three answers: {all:?}");
+
+    // The order, from the log.
+    let events = w.events();
+    assert_eq!(
+        most_at_once(&events, "task.started", &["task.completed"]),
+        2,
+        "never more than two tasks at once"
+    );
+    assert_eq!(
+        most_at_once(
+            &events,
+            "container.started",
+            &["container.exited", "container.stopped"]
+        ),
+        2,
+        "never more than two containers at once"
+    );
+    let started: Vec<&Ev> = events.iter().filter(|e| e.ty == "task.started").collect();
+    assert_eq!(
+        started.len(),
+        3,
+        "one start per task, no re-run: {started:?}"
+    );
+    let first_done = events
+        .iter()
+        .find(|e| e.ty == "task.completed")
+        .expect("a task completed");
+    let third = started[2];
+    assert!(
+        third.seq > first_done.seq,
+        "the third task started (#{}) only after one finished (#{})",
+        third.seq,
+        first_done.seq
+    );
+    assert!(
+        started[..2].iter().all(|s| s.seq < first_done.seq),
+        "the first two started before either finished"
+    );
+    assert!(
+        events
+            .iter()
+            .filter(|e| e.ty == "task.completed")
+            .all(|e| e.data["outcome"]
+                .as_str()
+                .unwrap_or_default()
+                .eq_ignore_ascii_case("succeeded")),
+        "{events:?}"
+    );
+
+    // Each mail: one ack and one answer, threaded under it, in its own
+    // conversation; the one that waited got the turn served after the wait.
+    let mails: Vec<Mail> = all.iter().map(parse_mail).collect();
+    let mut convs = std::collections::HashSet::new();
+    for id in ids {
+        let mine: Vec<&Mail> = mails
+            .iter()
+            .filter(|m| m.in_reply_to == format!("<{id}>"))
+            .collect();
+        assert_eq!(mine.len(), 2, "{id}: {mine:?}");
+        assert_eq!(
+            mine.iter()
+                .filter(|m| m.text.contains("Started working on this"))
+                .count(),
+            1,
+            "{id}: {mine:?}"
+        );
+        assert_eq!(
+            conversation_of(&mine[0].subject),
+            conversation_of(&mine[1].subject)
+        );
+        assert!(
+            mine.iter()
+                .all(|m| m.to == vec!["<alice@example.com>".to_owned()])
+        );
+        convs.insert(conversation_of(&mine[0].subject));
+    }
+    assert_eq!(convs.len(), 3, "three conversations");
+    let waited_conv = events
+        .iter()
+        .find(|e| e.ty == "task.queued" && e.task() == third.task())
+        .map(|e| e.data["conversation"].as_str().unwrap().to_owned())
+        .unwrap();
+    let waited: Vec<&Mail> = answered
+        .iter()
+        .filter(|m| m.text.contains("Answered after waiting my turn."))
+        .collect();
+    assert_eq!(waited.len(), 1, "{answered:?}\n{}", tail(&log));
+    assert_eq!(conversation_of(&waited[0].subject), waited_conv);
+}
+
+/// (7) The dashboard's Stop, as a browser sends it, ends a running task:
+/// the container is gone and the user gets one threaded reply saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_stop_ends_a_running_task_with_a_clear_reply() {
+    let mut w = World::new("e2e_stop").await;
+    let log = w.server_log();
+    let id = "stop-1@example.com";
+    w.dovecot
+        .deliver(
+            &mail(
+                "alice@example.com",
+                id,
+                "Endless",
+                "Work on this until told otherwise.",
+                "pass",
+                &[],
+            ),
+            None,
+        )
+        .await;
+    let mails = w.wait_mails(1).await;
+    let ack = parse_mail(&mails[0]);
+    assert!(ack.text.contains("Started working on this"), "{ack:?}");
+    let conv = conversation_of(&ack.subject);
+    w.wait_held(1).await;
+    let events = w.events();
+    let container = events
+        .iter()
+        .find(|e| e.ty == "container.started")
+        .map(|e| e.data["container_id"].as_str().unwrap().to_owned())
+        .expect("the container runs");
+
+    // The operator opens the conversation, follows the task link, and
+    // presses Stop: the form's CSRF token, the page's own Origin.
+    let base = w.dashboard();
+    let (status, _, page) = http("GET", &format!("{base}/conversation/{conv}"), &[], "").await;
+    assert_eq!(status, 200, "{page}");
+    let at = page.find("href=\"/task/").expect("a task link") + "href=\"/task/".len();
+    let task = page[at..].split('"').next().unwrap().to_owned();
+    let (status, _, page) = http("GET", &format!("{base}/task/{task}"), &[], "").await;
+    assert_eq!(status, 200);
+    let at = page.find("name=\"csrf\" value=\"").expect("the Stop form") + 19;
+    let csrf = page[at..].split('"').next().unwrap().to_owned();
+    let form = format!("csrf={csrf}&reason=taking+too+long");
+    let url = format!("{base}/task/{task}/stop");
+    let content_type = ("Content-Type", "application/x-www-form-urlencoded");
+    // Without the origin it is refused and nothing is written.
+    let (status, _, _) = http("POST", &url, &[content_type], &form).await;
+    assert_eq!(status, 403);
+    assert!(!w.events().iter().any(|e| e.ty == "task.stop_requested"));
+    let (status, headers, body) = http(
+        "POST",
+        &url,
+        &[content_type, ("Origin", base.as_str())],
+        &form,
+    )
+    .await;
+    assert_eq!(status, 303, "{body}");
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "location" && v == &format!("/task/{task}")),
+        "{headers:?}"
+    );
+
+    let answered = w.wait_answers(1).await;
+    assert_eq!(answered[0].in_reply_to, format!("<{id}>"), "{answered:?}");
+    assert_eq!(conversation_of(&answered[0].subject), conv);
+    assert!(
+        answered[0]
+            .text
+            .contains("The task was stopped on request. The work done so far is saved."),
+        "{answered:?}\n{}",
+        tail(&log)
+    );
+    assert!(!answered[0].text.contains("Never sent"));
+    // Let anything extra come.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(w.smtp.mails().len(), 2, "one ack, one answer");
+
+    // The log: who asked, the container stopped and exited, the outcome.
+    let events = w.events();
+    let asked: Vec<&Ev> = events
+        .iter()
+        .filter(|e| e.ty == "task.stop_requested")
+        .collect();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert_eq!(asked[0].task(), task);
+    assert_eq!(asked[0].data["requested_by"], "dashboard:local");
+    assert_eq!(asked[0].data["reason"], "taking too long");
+    let stopped = events
+        .iter()
+        .find(|e| e.ty == "container.stopped")
+        .expect("container.stopped");
+    assert_eq!(stopped.task(), task);
+    assert_eq!(stopped.data["container_id"], container.as_str());
+    assert!(stopped.seq > asked[0].seq);
+    let done = events
+        .iter()
+        .find(|e| e.ty == "task.completed")
+        .expect("task.completed");
+    assert!(
+        done.data["outcome"]
+            .as_str()
+            .unwrap_or_default()
+            .eq_ignore_ascii_case("stopped"),
+        "{done:?}"
+    );
+    // The container is gone from the engine.
+    let engine = airut::sandbox::Engine::connect(Some(&crate::sandbox::setup().docker_host))
+        .await
+        .unwrap();
+    let inspect = engine.docker().inspect_container(&container, None).await;
+    assert!(inspect.is_err(), "the container is removed: {inspect:?}");
+    // A second Stop on the finished task is refused.
+    let (status, _, _) = http(
+        "POST",
+        &url,
+        &[content_type, ("Origin", base.as_str())],
+        &form,
+    )
+    .await;
+    assert_eq!(status, 409);
 }
