@@ -157,7 +157,6 @@ struct Received {
     rcpt_to: Vec<String>,
     data: Vec<u8>,
     /// When the receiver had the whole mail (end of DATA).
-    #[allow(dead_code)]
     at: SystemTime,
 }
 
@@ -295,6 +294,8 @@ struct World {
     server: Option<Child>,
     /// `AIRUT_LOG` of the server.
     log_filter: String,
+    /// When the running server was spawned.
+    started_at: Option<std::time::Instant>,
 }
 
 /// How a [`World`] is set up.
@@ -435,6 +436,7 @@ repos:
             state,
             server: None,
             log_filter: log_filter.to_owned(),
+            started_at: None,
         };
         w.start_server();
         w.wait_serving().await;
@@ -465,9 +467,28 @@ repos:
             .spawn()
             .unwrap();
         self.server = Some(child);
+        self.started_at = Some(std::time::Instant::now());
     }
 
-    /// Runs an `airut` CLI command against the running server.
+    /// Stops the server with SIGTERM (a graceful shutdown) and reaps it.
+    fn stop_server(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            for _ in 0..300 {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            panic!(
+                "the server did not stop on SIGTERM:\n{}",
+                tail(&self.server_log())
+            );
+        }
+    }
+
     /// Kills the server with SIGKILL (no shutdown at all) and reaps it.
     fn kill_server(&mut self) {
         if let Some(mut c) = self.server.take() {
@@ -476,6 +497,7 @@ repos:
         }
     }
 
+    /// Runs an `airut` CLI command against the running server.
     fn cli(&self, args: &[&str]) -> String {
         let out = Command::new(&self.airut)
             .arg("--config")
@@ -525,7 +547,6 @@ impl World {
 
 /// One event of `airut events tail --json`.
 #[derive(Debug, Clone)]
-#[allow(dead_code)]
 struct Ev {
     seq: u64,
     time: SystemTime,
@@ -622,7 +643,7 @@ impl World {
 
     /// Waits until the server started last answers `/healthz` (its
     /// runtime file names it); returns when that was.
-    async fn wait_serving(&self) -> tokio::time::Instant {
+    async fn wait_serving(&self) -> std::time::Instant {
         let deadline = tokio::time::Instant::now() + AGENT_PATIENCE;
         let pid = u64::from(self.server_pid());
         loop {
@@ -633,7 +654,7 @@ impl World {
             if let Some(info) = info {
                 let url = format!("http://{}/healthz", info["addr"].as_str().unwrap());
                 if let Ok((200, _, _)) = try_http("GET", &url, &[], "").await {
-                    return tokio::time::Instant::now();
+                    return std::time::Instant::now();
                 }
             }
             assert!(
@@ -1459,4 +1480,341 @@ async fn the_dashboard_stop_ends_a_running_task_with_a_clear_reply() {
     )
     .await;
     assert_eq!(status, 409);
+}
+
+// === Benchmark ===
+
+/// The server's memory from `/proc/PID/status`: `VmRSS (RssAnon anon +
+/// RssFile file)`, in MiB.
+fn rss(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = |key: &str| -> f64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    format!(
+        "VmRSS {:.1} MiB (RssAnon {:.1} + RssFile {:.1} + RssShmem {:.1})",
+        kb("VmRSS:") / 1024.0,
+        kb("RssAnon:") / 1024.0,
+        kb("RssFile:") / 1024.0,
+        kb("RssShmem:") / 1024.0
+    )
+}
+
+/// `b - a` in milliseconds (negative when `b` is earlier).
+fn ms(a: SystemTime, b: SystemTime) -> f64 {
+    match b.duration_since(a) {
+        Ok(d) => d.as_secs_f64() * 1000.0,
+        Err(e) => -e.duration().as_secs_f64() * 1000.0,
+    }
+}
+
+/// `median / max` of `xs` in ms.
+fn median_max(xs: &[f64]) -> String {
+    let mut v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return "-".into();
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    let median = if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    };
+    format!("{median:8.1} / {:8.1}", v[v.len() - 1])
+}
+
+/// Waits until the repo booted and its email channel is healthy.
+async fn wait_booted(w: &World) {
+    let deadline = tokio::time::Instant::now() + AGENT_PATIENCE;
+    loop {
+        let events = w.events();
+        let booted = events.iter().any(|e| e.ty == "repo.booted");
+        let healthy = events
+            .iter()
+            .rfind(|e| e.ty == "channel.health_changed")
+            .is_some_and(|e| {
+                e.data["health"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .eq_ignore_ascii_case("healthy")
+            });
+        if booted && healthy {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the repo did not boot:\n{}",
+            tail(&w.server_log())
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Delivers `raw` by IMAP APPEND; returns when the APPEND finished.
+async fn append(w: &World, raw: &[u8]) -> SystemTime {
+    let mut s = w.dovecot.client().await;
+    s.append("INBOX", None, None, raw).await.unwrap();
+    let at = SystemTime::now();
+    s.logout().await.unwrap();
+    at
+}
+
+/// Benchmark with the real parts (prints figures, asserts only that every
+/// mail was answered once): with a warm image and mirror and IMAP IDLE,
+/// N mails one after another, each timed from the end of its IMAP APPEND
+/// to `message.received`, `task.started`, `container.started` and the
+/// answer at the SMTP receiver, minus the agent's own run (container
+/// start to exit); the server's RSS idle, with 10 tasks running at once
+/// and after; its time from spawn to serving `/healthz`. Run:
+/// `cargo test --release --test tests -- --ignored e2e_bench --nocapture --test-threads=1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: prints figures; run it on purpose in --release"]
+async fn e2e_bench_overhead() {
+    const N: usize = 5;
+    const AT_ONCE: usize = 10;
+    let mut w = World::with(Setup {
+        max_concurrent: AT_ONCE,
+        imap_mode: "idle",
+        log_filter: "info,airut=debug,airut::channels::email::source=trace",
+        ..Setup::new("e2e_bench")
+    })
+    .await;
+    let spawned = w.started_at.unwrap();
+    let serving = w.wait_serving().await;
+    println!(
+        "\n== e2e bench ({} build, IMAP IDLE, warm image and mirror) ==",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
+    println!(
+        "start to serving /healthz (new store): {:.1} ms",
+        serving.duration_since(spawned).as_secs_f64() * 1000.0
+    );
+    wait_booted(&w).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = w.server_pid();
+    println!("RSS idle after start: {}", rss(pid));
+
+    // Warm-up: builds or reuses the image, clones the mirror.
+    let warm = append(
+        &w,
+        &mail(
+            "alice@example.com",
+            "bench-warm@example.com",
+            "Warm up",
+            "Warm up.",
+            "pass",
+            &[],
+        ),
+    )
+    .await;
+    w.wait_answers(1).await;
+    let _ = warm;
+
+    // N mails in sequence, each a new conversation.
+    let mut sent = Vec::new();
+    for i in 0..N {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let id = format!("bench-{i}@example.com");
+        let at = append(
+            &w,
+            &mail(
+                "alice@example.com",
+                &id,
+                &format!("Bench {i}"),
+                "Answer at once.",
+                "pass",
+                &[],
+            ),
+        )
+        .await;
+        sent.push((id, at));
+        w.wait_answers(i + 2).await;
+    }
+    let events = w.events();
+    let mails: Vec<(Mail, SystemTime)> = w
+        .smtp
+        .mails()
+        .iter()
+        .map(|r| (parse_mail(r), r.at))
+        .collect();
+    // When IDLE told the server about new mail (its trace line).
+    let idle_ends: Vec<SystemTime> = std::fs::read_to_string(w.server_log())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("IDLE ended"))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|t| humantime::parse_rfc3339(t).ok())
+        .collect();
+    let mut cols: Vec<Vec<f64>> = vec![Vec::new(); 10];
+    println!(
+        "per mail, ms from the end of the IMAP APPEND (run = container.started -> container.exited):"
+    );
+    println!(
+        "  mail  idle-wake  received  task.start  cont.start   ack@smtp      run  exit->answer  answer@smtp  overhead  overhead-after-received"
+    );
+    for (i, (id, at)) in sent.iter().enumerate() {
+        let bare = id.as_str();
+        let received = events
+            .iter()
+            .find(|e| {
+                e.ty == "message.received"
+                    && e.data["message_id"]
+                        .as_str()
+                        .is_some_and(|m| m.trim_matches(['<', '>']) == bare)
+            })
+            .unwrap_or_else(|| panic!("no message.received for {id}"));
+        let task = events
+            .iter()
+            .find(|e| {
+                e.ty == "task.queued"
+                    && e.data["messages"]
+                        .as_array()
+                        .is_some_and(|m| m.iter().any(|x| x.as_str() == Some(&received.event_id)))
+            })
+            .map(Ev::task)
+            .unwrap_or_else(|| panic!("no task for {id}"));
+        let of = |ty: &str| -> SystemTime {
+            let found: Vec<&Ev> = events
+                .iter()
+                .filter(|e| e.ty == ty && e.task() == task)
+                .collect();
+            assert_eq!(found.len(), 1, "one {ty} for {id}: {found:?}");
+            found[0].time
+        };
+        let (started, c_started, c_exited) = (
+            of("task.started"),
+            of("container.started"),
+            of("container.exited"),
+        );
+        let to_me: Vec<&(Mail, SystemTime)> = mails
+            .iter()
+            .filter(|(m, _)| m.in_reply_to == format!("<{id}>"))
+            .collect();
+        assert_eq!(to_me.len(), 2, "one ack and one answer for {id}: {to_me:?}");
+        let ack = to_me
+            .iter()
+            .find(|(m, _)| m.text.contains("Started working on this"))
+            .unwrap()
+            .1;
+        let (answer_mail, answer) = to_me
+            .iter()
+            .find(|(m, _)| !m.text.contains("Started working on this"))
+            .unwrap();
+        assert!(answer_mail.text.contains("All done."), "{answer_mail:?}");
+        let idle = idle_ends
+            .iter()
+            .find(|t| **t >= *at)
+            .map_or(f64::NAN, |t| ms(*at, *t));
+        let run = ms(c_started, c_exited);
+        let row = [
+            idle,
+            ms(*at, received.time),
+            ms(*at, started),
+            ms(*at, c_started),
+            ms(*at, ack),
+            run,
+            ms(c_exited, *answer),
+            ms(*at, *answer),
+            ms(*at, *answer) - run,
+            ms(received.time, *answer) - run,
+        ];
+        println!(
+            "  {i:>4}  {:>9.1}  {:>8.1}  {:>10.1}  {:>10.1}  {:>9.1}  {:>7.1}  {:>12.1}  {:>11.1}  {:>8.1}  {:>23.1}",
+            row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9]
+        );
+        for (c, v) in cols.iter_mut().zip(row) {
+            c.push(v);
+        }
+    }
+    let names = [
+        "APPEND -> IDLE wake (Dovecot's notify)",
+        "APPEND -> message.received",
+        "APPEND -> task.started",
+        "APPEND -> container.started",
+        "APPEND -> acknowledgement at SMTP",
+        "agent run (container start -> exit)",
+        "container exit -> answer at SMTP",
+        "APPEND -> answer at SMTP",
+        "airut overhead (APPEND -> answer, minus run)",
+        "airut overhead after message.received",
+    ];
+    println!("summary over {N} mails, ms (median / max):");
+    for (name, c) in names.iter().zip(&cols) {
+        println!("  {name:<46} {}", median_max(c));
+    }
+
+    // AT_ONCE new conversations at once, their turns held by the mock.
+    w.mock.push_turns(
+        (0..AT_ONCE)
+            .map(|_| {
+                serde_json::json!({"hold": true, "content": [{"type": "text", "text": "Held answer."}], "stop_reason": "end_turn"})
+            })
+            .collect(),
+    );
+    let before = w.smtp.mails().len();
+    for i in 0..AT_ONCE {
+        append(
+            &w,
+            &mail(
+                "alice@example.com",
+                &format!("bench-many-{i}@example.com"),
+                &format!("Many {i}"),
+                "Wait for it.",
+                "pass",
+                &[],
+            ),
+        )
+        .await;
+    }
+    w.wait_held(AT_ONCE).await;
+    let events = w.events();
+    let running = most_at_once(
+        &events,
+        "container.started",
+        &["container.exited", "container.stopped"],
+    );
+    assert_eq!(running, AT_ONCE, "{AT_ONCE} containers at once");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    println!(
+        "RSS with {AT_ONCE} tasks running (agents held): {}",
+        rss(pid)
+    );
+    w.mock.release(AT_ONCE);
+    w.wait_answers(N + 1 + AT_ONCE).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    println!("RSS after they finished: {}", rss(pid));
+    let all = w.smtp.mails();
+    assert_eq!(all.len(), before + 2 * AT_ONCE, "an ack and an answer each");
+    for i in 0..AT_ONCE {
+        let id = format!("<bench-many-{i}@example.com>");
+        let mine = all
+            .iter()
+            .map(parse_mail)
+            .filter(|m| m.in_reply_to == id)
+            .count();
+        assert_eq!(mine, 2, "{id}");
+    }
+
+    // A restart on the existing store.
+    w.stop_server();
+    w.start_server();
+    let spawned = w.started_at.unwrap();
+    let serving = w.wait_serving().await;
+    println!(
+        "restart to serving /healthz (existing store): {:.1} ms",
+        serving.duration_since(spawned).as_secs_f64() * 1000.0
+    );
+    wait_booted(&w).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!("RSS idle after the restart: {}", rss(w.server_pid()));
 }

@@ -115,7 +115,6 @@ impl MockAnthropic {
     }
 
     /// Appends turns to the script (served after the ones left).
-    #[allow(dead_code)]
     pub fn push_turns(&self, turns: Vec<Value>) {
         self.state.turns.lock().expect("lock").extend(turns);
     }
