@@ -24,6 +24,12 @@
 //! depends on durations); (7) the dashboard's Stop, fetched and posted as a
 //! browser does (the form's CSRF token, the page's Origin), stops the
 //! container and the user gets one threaded reply saying so.
+//!
+//! `e2e_bench_overhead` (ignored; run it in `--release`, see
+//! doc/operations.md) prints airut's overhead from a mail's IMAP APPEND to
+//! its reply minus the agent's run, with IMAP IDLE, and the server's RSS
+//! idle and with 10 tasks running; it asserts only that every mail got its
+//! acknowledgement and answer once.
 
 #![allow(
     clippy::unwrap_used,
