@@ -649,6 +649,214 @@ async fn stop_by_conversation_ends_the_run_with_a_clear_reply() {
     assert_eq!(outcome, Some(TaskOutcome::Stopped));
 }
 
+/// Appends `task.stop_requested` as the dashboard's Stop button does.
+async fn request_stop(log: &Log, conv: ConversationId, task: TaskId) {
+    log.append(StreamAppend {
+        stream: conv.stream(),
+        expected: ExpectedVersion::Any,
+        events: vec![NewEvent {
+            event: Event::TaskStopRequested(TaskStopRequestedV1 {
+                task,
+                requested_by: "dashboard:operator".to_owned(),
+                reason: String::new(),
+            }),
+            causation: None,
+        }],
+    })
+    .await
+    .unwrap();
+}
+
+/// The task queued for a conversation.
+fn task_of(log: &Log, conv: ConversationId) -> TaskId {
+    events(log)
+        .into_iter()
+        .find_map(|(_, e)| match e {
+            Event::TaskQueued(q) if q.conversation == conv => Some(q.task),
+            _ => None,
+        })
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_stop_request_in_the_log_stops_the_running_task() {
+    let w = World::new();
+    let log = w.open_log();
+    receive(&log, mail("<sr1@x>", "Forever", "WAIT")).await;
+    let gw = w.boot(&log).await;
+    let shutdown = CancellationToken::new();
+    let serving = tokio::spawn(gw.serve(shutdown.clone()));
+    let runner = w.runner.clone();
+    wait_until("the run starts", || {
+        runner.running.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let conv = conversations(&log)[0].conversation;
+    request_stop(&log, conv, task_of(&log, conv)).await;
+    wait_until("the stop is answered", || {
+        w.sink.sent().iter().any(|r| r.kind == ReplyKind::Error)
+    })
+    .await;
+    shutdown.cancel();
+    serving.await.unwrap().unwrap();
+    let done: Vec<TaskCompletedV1> = events(&log)
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::TaskCompleted(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].outcome, TaskOutcome::Stopped);
+    assert!(done[0].reply_text.contains("stopped on request"));
+}
+
+#[tokio::test]
+async fn a_queued_task_that_is_stopped_never_starts_and_is_answered() {
+    let gate = Arc::new(Semaphore::new(0));
+    let mut w = World::new().with_gate(gate.clone());
+    w.max_concurrent = 1;
+    let log = w.open_log();
+    receive(&log, mail("<q1@x>", "First", "WAIT")).await;
+    receive(&log, mail("<q2@x>", "Second", "WAIT")).await;
+    let gw = w.boot(&log).await;
+    let shutdown = CancellationToken::new();
+    let serving = tokio::spawn(gw.serve(shutdown.clone()));
+    let runner = w.runner.clone();
+    wait_until("the first runs", || {
+        runner.running.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    wait_until("both conversations exist", || {
+        conversations(&log).len() == 2
+    })
+    .await;
+    let second = conversations(&log)
+        .into_iter()
+        .find(|c| !c.thread_keys.iter().any(|k| k == "<q1@x>"))
+        .unwrap()
+        .conversation;
+    wait_until("the second is queued", || {
+        count(&log, EventType::TaskQueued) == 2
+    })
+    .await;
+    let queued = task_of(&log, second);
+    request_stop(&log, second, queued).await;
+    wait_until("the queued task is answered", || {
+        w.sink.sent().iter().any(|r| r.kind == ReplyKind::Error)
+    })
+    .await;
+    // A stop request for something unknown is ignored, not a failure.
+    request_stop(&log, ConversationId(0x1234_5678), TaskId::new()).await;
+    gate.add_permits(10);
+    wait_until("the first is answered", || {
+        w.sink.sent().iter().any(|r| r.kind == ReplyKind::Result)
+    })
+    .await;
+    shutdown.cancel();
+    serving.await.unwrap().unwrap();
+    // The stopped task never ran: one run only, one start only.
+    assert_eq!(runner.requests().len(), 1);
+    assert_ne!(runner.requests()[0].task, queued);
+    let started: Vec<TaskId> = events(&log)
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::TaskStarted(t) => Some(t.task),
+            _ => None,
+        })
+        .collect();
+    assert!(!started.contains(&queued));
+    let stopped = events(&log)
+        .into_iter()
+        .find_map(|(_, e)| match e {
+            Event::TaskCompleted(c) if c.task == queued => Some(c),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(stopped.outcome, TaskOutcome::Stopped);
+    assert!(
+        stopped.reason.contains("dashboard:operator"),
+        "{}",
+        stopped.reason
+    );
+    let err = w
+        .sink
+        .sent()
+        .into_iter()
+        .find(|r| r.kind == ReplyKind::Error)
+        .unwrap();
+    assert!(err.text.contains("before it started"), "{}", err.text);
+    // Exactly one reply per task (acks aside): nothing sent twice.
+    assert_eq!(
+        w.sink
+            .sent()
+            .iter()
+            .filter(|r| r.kind != ReplyKind::Acknowledgement)
+            .count(),
+        2
+    );
+    // A rebuilt fold agrees: nothing left to do.
+    let state = Gateway::rebuild(&log).await.unwrap();
+    assert!(state.tasks.is_empty());
+    assert!(state.owed.is_empty());
+}
+
+#[tokio::test]
+async fn a_task_cut_off_after_a_stop_request_is_not_run_again() {
+    let mut w = World::new();
+    w.shutdown_timeout = Duration::from_millis(200);
+    let log = w.open_log();
+    receive(&log, mail("<sc1@x>", "Slow", "WAIT")).await;
+    let gw = w.boot(&log).await;
+    let shutdown = CancellationToken::new();
+    let serving = tokio::spawn(gw.serve(shutdown.clone()));
+    let runner = w.runner.clone();
+    wait_until("the run starts", || {
+        runner.running.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // The request is recorded, but the server goes away before it acts:
+    // simulated by a run that ignores it until the shutdown cuts it off.
+    let conv = conversations(&log)[0].conversation;
+    let task = task_of(&log, conv);
+    shutdown.cancel();
+    request_stop(&log, conv, task).await;
+    serving.await.unwrap().unwrap();
+    drop(log);
+
+    let w2 = World {
+        runner: Arc::new(FakeRunner {
+            release: Some(Arc::new(Semaphore::new(10))),
+            ..FakeRunner::default()
+        }),
+        ..w
+    };
+    let log = w2.open_log();
+    let mut gw = w2.boot(&log).await;
+    gw.run_until_idle().await.unwrap();
+    assert!(w2.runner.requests().is_empty(), "a stopped task ran again");
+    let done = events(&log)
+        .into_iter()
+        .find_map(|(_, e)| match e {
+            Event::TaskCompleted(c) if c.task == task => Some(c),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(done.outcome, TaskOutcome::Stopped);
+    let errors: Vec<OutgoingReply> = w2
+        .sink
+        .sent()
+        .into_iter()
+        .filter(|r| r.kind == ReplyKind::Error)
+        .collect();
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0].text.contains("stopped on request"),
+        "{}",
+        errors[0].text
+    );
+}
+
 #[tokio::test]
 async fn shutdown_past_its_deadline_records_interrupted_and_the_next_start_reruns_once() {
     let mut w = World::new();
@@ -1066,6 +1274,9 @@ enum Op {
     Empty(usize),
     /// One gateway step.
     Step,
+    /// A stop request for the n-th task queued so far (queued, running
+    /// between steps, or already done).
+    Stop(usize),
     /// Crash after n boundaries and restart.
     Crash(u64),
 }
@@ -1076,6 +1287,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0usize..8).prop_map(Op::FollowUp),
         1 => (0usize..8).prop_map(Op::Empty),
         4 => Just(Op::Step),
+        1 => (0usize..8).prop_map(Op::Stop),
         1 => (1u64..12).prop_map(Op::Crash),
     ]
 }
@@ -1108,6 +1320,19 @@ async fn run_ops(ops: Vec<Op>) {
             Op::FollowUp(_) | Op::Empty(_) => {}
             Op::Step => {
                 gw.step().await.unwrap();
+            }
+            Op::Stop(n) => {
+                let queued: Vec<(ConversationId, TaskId)> = events(&log)
+                    .into_iter()
+                    .filter_map(|(_, e)| match e {
+                        Event::TaskQueued(q) => Some((q.conversation, q.task)),
+                        _ => None,
+                    })
+                    .collect();
+                if !queued.is_empty() {
+                    let (conv, task) = queued[n % queued.len()];
+                    request_stop(&log, conv, task).await;
+                }
             }
             Op::Crash(n) => {
                 gw.inject_crash_after(n);

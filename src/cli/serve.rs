@@ -140,11 +140,6 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         let setups = crate::runtime::setups(&server_cfg, &gateway_log, &parts_stop, &parts).await;
         match Gateway::boot(gateway_log.clone(), gateway_cfg, setups).await {
             Ok(gw) => {
-                parts.spawn(crate::runtime::follow_stop_requests(
-                    gateway_log,
-                    gw.handle(),
-                    parts_stop,
-                ));
                 if let Err(e) = gw.serve(gateway_stop).await {
                     tracing::error!(error = %e, "the gateway stopped; restart airut");
                 }

@@ -444,6 +444,9 @@ impl Gateway {
                 return Ok(Some(Step::Recovered(n)));
             }
         }
+        if self.stop_queued().await? > 0 {
+            self.catch_up().await?;
+        }
         if let Some(d) = self.intake_one().await? {
             self.catch_up().await?;
             return Ok(Some(Step::Intake(d)));
@@ -493,6 +496,66 @@ impl Gateway {
             interrupt(&self.ctx, t, "the server stopped while the task ran").await?;
         }
         Ok(cut.len())
+    }
+
+    /// Completes as stopped each queued task someone asked to stop (it
+    /// never starts). Returns how many.
+    async fn stop_queued(&mut self) -> Result<usize, GatewayError> {
+        let due: Vec<TaskView> = self
+            .state
+            .tasks
+            .values()
+            .filter(|t| {
+                t.status == TaskStatus::Queued
+                    && t.stop_requested.is_some()
+                    && !self.live.contains_key(&t.id)
+            })
+            .cloned()
+            .collect();
+        for t in &due {
+            let who = t.stop_requested.as_deref().unwrap_or_default();
+            // A task back in the queue after a restart cut its run off has
+            // run before: its work so far is in the workspace.
+            let ran = t.attempts > 0;
+            let why = if ran {
+                format!("stopped by {who} after a restart cut its run off")
+            } else {
+                format!("stopped by {who} before it started")
+            };
+            let mut r = ExecutionResult::internal(why);
+            r.outcome = TaskOutcome::Stopped;
+            let mut done = completed(t.id, &r, None);
+            if !ran {
+                done.reply_text = reply::stopped_before_start_text();
+            }
+            tracing::info!(task = %t.id, conversation = %t.conversation, by = who,
+                "a queued task was stopped before it started");
+            self.ctx
+                .append(one(
+                    t.conversation.stream(),
+                    Event::TaskCompleted(done),
+                    None,
+                ))
+                .await?;
+        }
+        Ok(due.len())
+    }
+
+    /// Stops each running task of this process that someone asked to stop
+    /// (cancelling twice is harmless).
+    fn stop_requested_live(&self) {
+        for (id, l) in &self.live {
+            if self
+                .state
+                .tasks
+                .get(id)
+                .is_some_and(|t| t.stop_requested.is_some())
+                && !l.stop.is_cancelled()
+            {
+                tracing::info!(task = %id, conversation = %l.conversation, "stopping a running task on request");
+                l.stop.cancel();
+            }
+        }
     }
 
     async fn intake_one(&mut self) -> Result<Option<Decision>, GatewayError> {
@@ -734,6 +797,8 @@ impl Gateway {
         }
         loop {
             let seen = self.state.next;
+            self.stop_requested_live();
+            self.stop_queued().await?;
             while self.intake_one().await?.is_some() {
                 self.catch_up().await?;
             }
@@ -807,20 +872,27 @@ fn apply_record(state: &mut GatewayState, rec: &crate::log::Record) -> Result<()
 
 /// Records a cut-off run: re-run once, else completed as interrupted.
 async fn interrupt(ctx: &Ctx, t: &TaskView, why: &str) -> Result<(), GatewayError> {
-    let rerun = !t.rerun;
+    // A task someone asked to stop is not run again.
+    let rerun = !t.rerun && t.stop_requested.is_none();
     let mut events = vec![Event::TaskInterrupted(TaskInterruptedV1 {
         task: t.id,
         attempt: t.attempts,
         rerun,
         reason: if rerun {
             format!("{why}; running it once more")
+        } else if t.stop_requested.is_some() {
+            format!("{why}; a stop was requested, so not re-run")
         } else {
             format!("{why}, again; not re-run")
         },
     })];
     if !rerun {
         let mut r = ExecutionResult::internal(why);
-        r.outcome = TaskOutcome::Interrupted;
+        r.outcome = if t.stop_requested.is_some() {
+            TaskOutcome::Stopped
+        } else {
+            TaskOutcome::Interrupted
+        };
         events.push(Event::TaskCompleted(completed(t.id, &r, None)));
     }
     ctx.append(StreamAppend {

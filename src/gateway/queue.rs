@@ -1,5 +1,6 @@
 //! The queue: which waiting tasks may start now. One task at a time per
-//! conversation, at most `max_concurrent` over all repos, oldest first.
+//! conversation, at most `max_concurrent` over all repos, oldest first;
+//! a task someone asked to stop never starts.
 //!
 //! Pure: the state (a projection of the log) and the tasks already being
 //! run in, task ids out. Called by [`super::Gateway`] after every change.
@@ -34,6 +35,7 @@ pub fn startable(
             break;
         }
         if t.status != TaskStatus::Queued
+            || t.stop_requested.is_some()
             || live.contains(&t.id)
             || busy.contains(&t.conversation)
             || !can_run(&t.repo)

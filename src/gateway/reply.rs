@@ -72,6 +72,13 @@ pub fn task_text(r: &ExecutionResult, timeout: Option<Duration>) -> String {
     }
 }
 
+/// The reply text for a task stopped while it waited in the queue.
+pub fn stopped_before_start_text() -> String {
+    "The task was stopped on request before it started, so the agent did not run.\n\n\
+     Reply to this message to send it again or to continue."
+        .to_owned()
+}
+
 /// Whether a reply for this outcome carries (and then clears) the outbox.
 /// A timeout or stop leaves the files for the next turn.
 pub fn attaches_outbox(outcome: &TaskOutcome) -> bool {

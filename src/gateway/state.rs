@@ -111,6 +111,10 @@ pub struct TaskView {
     pub rerun: bool,
     /// Whether the conversation was new when this task was queued.
     pub new_conversation: bool,
+    /// Who asked to stop it (`task.stop_requested`), if anyone: a queued
+    /// task is then completed as stopped instead of started, a running one
+    /// is stopped, and one cut off by a restart is not run again.
+    pub stop_requested: Option<String>,
 }
 
 /// A reply owed: caused by an event, not yet recorded as sent or failed.
@@ -298,6 +302,7 @@ impl GatewayState {
                         attempts: 0,
                         rerun: false,
                         new_conversation,
+                        stop_requested: None,
                     },
                 );
             }
@@ -312,6 +317,13 @@ impl GatewayState {
                 if let Some(t) = self.tasks.get_mut(&e.task) {
                     t.status = TaskStatus::Running;
                     t.attempts = t.attempts.max(e.attempt);
+                }
+            }
+            Event::TaskStopRequested(e) => {
+                if let Some(t) = self.tasks.get_mut(&e.task)
+                    && t.stop_requested.is_none()
+                {
+                    t.stop_requested = Some(e.requested_by.clone());
                 }
             }
             Event::TaskInterrupted(e) => {
@@ -484,6 +496,7 @@ pub fn reads(ty: crate::events::EventType) -> bool {
             | T::TaskCoalesced
             | T::TaskStarted
             | T::TaskInterrupted
+            | T::TaskStopRequested
             | T::TaskCompleted
             | T::ReplySent
             | T::ReplyFailed

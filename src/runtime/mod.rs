@@ -2,9 +2,10 @@
 //!
 //! [`setups`] gives each configured repo its workspace (the gateway's own
 //! [`crate::gateway::repo_setups`]), its sandbox runner ([`runner`]: image,
-//! proxy, container) and its channels ([`email`]); [`follow_stop_requests`]
-//! turns the dashboard's `task.stop_requested` into a stop of the running
-//! task. `airut run` (src/cli/serve.rs) calls both.
+//! proxy, container) and its channels ([`email`]). `airut run`
+//! (src/cli/serve.rs) hands them to the gateway, which also folds the
+//! dashboard's `task.stop_requested` (a queued task never starts, a running
+//! one is stopped).
 //!
 //! A part that cannot start (no container engine, a bad email config)
 //! leaves the repo without it, and the gateway boots that repo as not
@@ -20,8 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ServerConfig;
-use crate::events::{Event, EventType, Seq};
-use crate::gateway::{GatewayHandle, RepoSetup, fail_boot};
+use crate::gateway::{RepoSetup, fail_boot};
 use crate::log::Log;
 use crate::proxy::AuditSink;
 use crate::sandbox::claude_binary::{ClaudeBinaries, RELEASE_BASE};
@@ -152,38 +152,5 @@ pub fn check_init(init: &Path) -> Result<(), String> {
              AIRUT_INIT); see doc/deployment.md",
             init.display()
         )),
-    }
-}
-
-/// Stops the running task of each `task.stop_requested` recorded from now
-/// on (the dashboard's Stop button), until `cancel` or the log closes.
-pub async fn follow_stop_requests(log: Log, gateway: GatewayHandle, cancel: CancellationToken) {
-    let from = log.head().map_or(Seq(0), |s| Seq(s.0 + 1));
-    let mut sub = log.subscribe(from);
-    loop {
-        let rec = tokio::select! {
-            r = sub.next() => r,
-            () = cancel.cancelled() => return,
-        };
-        let rec = match rec {
-            None => return,
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "reading the log for stop requests");
-                continue;
-            }
-            Some(Ok(r)) => r,
-        };
-        if rec.event_type() != Some(EventType::TaskStopRequested) {
-            continue;
-        }
-        let Ok(Event::TaskStopRequested(e)) = rec.decode() else {
-            continue;
-        };
-        let Some(conv) = rec.header.stream.conversation() else {
-            tracing::warn!(task = %e.task, stream = %rec.header.stream, "a stop request outside a conversation; ignored");
-            continue;
-        };
-        let stopped = gateway.stop(conv).await;
-        tracing::info!(task = %e.task, %conv, by = %e.requested_by, stopped, "stop requested");
     }
 }
