@@ -22,8 +22,9 @@
 //! third starts only after one of them finished (from the log's order: the
 //! mock holds the agents' turns until the test releases them, so nothing
 //! depends on durations); (7) the dashboard's Stop, fetched and posted as a
-//! browser does (the form's CSRF token, the page's Origin), stops the
-//! container and the user gets one threaded reply saying so.
+//! browser does (the form's CSRF token, the page's Origin): a task waiting
+//! in the queue never starts, a running task's container is stopped and
+//! removed, and each user gets one threaded reply saying so.
 //!
 //! `e2e_bench_overhead` (ignored; run it in `--release`, see
 //! doc/operations.md) prints airut's overhead from a mail's IMAP APPEND to
@@ -1363,40 +1364,11 @@ async fn two_conversations_run_in_parallel_and_a_third_waits() {
     assert_eq!(conversation_of(&waited[0].subject), waited_conv);
 }
 
-/// (7) The dashboard's Stop, as a browser sends it, ends a running task:
-/// the container is gone and the user gets one threaded reply saying so.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_stop_ends_a_running_task_with_a_clear_reply() {
-    let mut w = World::new("e2e_stop").await;
-    let log = w.server_log();
-    let id = "stop-1@example.com";
-    w.dovecot
-        .deliver(
-            &mail(
-                "alice@example.com",
-                id,
-                "Endless",
-                "Work on this until told otherwise.",
-                "pass",
-                &[],
-            ),
-            None,
-        )
-        .await;
-    let mails = w.wait_mails(1).await;
-    let ack = parse_mail(&mails[0]);
-    assert!(ack.text.contains("Started working on this"), "{ack:?}");
-    let conv = conversation_of(&ack.subject);
-    w.wait_held(1).await;
-    let events = w.events();
-    let container = events
-        .iter()
-        .find(|e| e.ty == "container.started")
-        .map(|e| e.data["container_id"].as_str().unwrap().to_owned())
-        .expect("the container runs");
-
-    // The operator opens the conversation, follows the task link, and
-    // presses Stop: the form's CSRF token, the page's own Origin.
+/// Opens the conversation's page on the dashboard, follows its task link
+/// and presses Stop as a browser does: the form's CSRF token, the page's
+/// own Origin. Returns the task id and the form's token. A POST without
+/// the Origin is refused first and writes nothing.
+async fn press_stop(w: &World, conv: &str) -> (String, String) {
     let base = w.dashboard();
     let (status, _, page) = http("GET", &format!("{base}/conversation/{conv}"), &[], "").await;
     assert_eq!(status, 200, "{page}");
@@ -1409,10 +1381,20 @@ async fn the_dashboard_stop_ends_a_running_task_with_a_clear_reply() {
     let form = format!("csrf={csrf}&reason=taking+too+long");
     let url = format!("{base}/task/{task}/stop");
     let content_type = ("Content-Type", "application/x-www-form-urlencoded");
-    // Without the origin it is refused and nothing is written.
+    let asked_before = w
+        .events()
+        .iter()
+        .filter(|e| e.ty == "task.stop_requested")
+        .count();
     let (status, _, _) = http("POST", &url, &[content_type], &form).await;
-    assert_eq!(status, 403);
-    assert!(!w.events().iter().any(|e| e.ty == "task.stop_requested"));
+    assert_eq!(status, 403, "no Origin, no stop");
+    assert_eq!(
+        w.events()
+            .iter()
+            .filter(|e| e.ty == "task.stop_requested")
+            .count(),
+        asked_before
+    );
     let (status, headers, body) = http(
         "POST",
         &url,
@@ -1427,65 +1409,161 @@ async fn the_dashboard_stop_ends_a_running_task_with_a_clear_reply() {
             .any(|(k, v)| k == "location" && v == &format!("/task/{task}")),
         "{headers:?}"
     );
+    (task, csrf)
+}
 
+/// (7) The dashboard's Stop, as a browser sends it: a task waiting in the
+/// queue never starts and is answered so; a running task's container is
+/// stopped and removed, and the user gets one threaded reply saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_stop_ends_a_queued_and_a_running_task_with_clear_replies() {
+    let w = World::with(Setup {
+        max_concurrent: 1,
+        ..Setup::new("e2e_stop")
+    })
+    .await;
+    let log = w.server_log();
+    let (running_id, queued_id) = ("stop-1@example.com", "stop-2@example.com");
+    for (id, subject) in [(running_id, "Endless"), (queued_id, "Next in line")] {
+        w.dovecot
+            .deliver(
+                &mail(
+                    "alice@example.com",
+                    id,
+                    subject,
+                    "Work on this until told otherwise.",
+                    "pass",
+                    &[],
+                ),
+                None,
+            )
+            .await;
+    }
+    // The first runs, held on its turn; the second waits (max_concurrent 1).
+    w.wait_events("task.queued", 2).await;
+    w.wait_held(1).await;
+    let acks = w.smtp.wait_for(2, &log, || true).await;
+    let conv_of = |id: &str| {
+        acks.iter()
+            .map(parse_mail)
+            .find(|m| m.in_reply_to == format!("<{id}>"))
+            .map(|m| conversation_of(&m.subject))
+            .unwrap_or_else(|| panic!("no ack for {id}: {acks:?}"))
+    };
+    let (running_conv, queued_conv) = (conv_of(running_id), conv_of(queued_id));
+    let events = w.events();
+    assert_eq!(events.iter().filter(|e| e.ty == "task.started").count(), 1);
+    let container = events
+        .iter()
+        .find(|e| e.ty == "container.started")
+        .map(|e| e.data["container_id"].as_str().unwrap().to_owned())
+        .expect("the container runs");
+
+    // Stop the waiting one: it never starts, and says so.
+    let (queued_task, _) = press_stop(&w, &queued_conv).await;
     let answered = w.wait_answers(1).await;
-    assert_eq!(answered[0].in_reply_to, format!("<{id}>"), "{answered:?}");
-    assert_eq!(conversation_of(&answered[0].subject), conv);
+    assert_eq!(
+        answered[0].in_reply_to,
+        format!("<{queued_id}>"),
+        "{answered:?}"
+    );
+    assert_eq!(conversation_of(&answered[0].subject), queued_conv);
     assert!(
         answered[0]
+            .text
+            .contains("The task was stopped on request before it started"),
+        "{answered:?}\n{}",
+        tail(&log)
+    );
+
+    // Stop the running one.
+    let (running_task, csrf) = press_stop(&w, &running_conv).await;
+    let answered = w.wait_answers(2).await;
+    let stopped_reply = &answered[1];
+    assert_eq!(
+        stopped_reply.in_reply_to,
+        format!("<{running_id}>"),
+        "{answered:?}"
+    );
+    assert_eq!(conversation_of(&stopped_reply.subject), running_conv);
+    assert!(
+        stopped_reply
             .text
             .contains("The task was stopped on request. The work done so far is saved."),
         "{answered:?}\n{}",
         tail(&log)
     );
-    assert!(!answered[0].text.contains("Never sent"));
+    assert!(!stopped_reply.text.contains("Never sent"));
     // Let anything extra come.
     tokio::time::sleep(Duration::from_secs(10)).await;
-    assert_eq!(w.smtp.mails().len(), 2, "one ack, one answer");
+    assert_eq!(w.smtp.mails().len(), 4, "two acks, two answers");
 
-    // The log: who asked, the container stopped and exited, the outcome.
+    // The log: who asked, the container stopped, the outcomes; the queued
+    // task never started.
     let events = w.events();
     let asked: Vec<&Ev> = events
         .iter()
         .filter(|e| e.ty == "task.stop_requested")
         .collect();
-    assert_eq!(asked.len(), 1, "{asked:?}");
-    assert_eq!(asked[0].task(), task);
-    assert_eq!(asked[0].data["requested_by"], "dashboard:local");
-    assert_eq!(asked[0].data["reason"], "taking too long");
-    let stopped = events
-        .iter()
-        .find(|e| e.ty == "container.stopped")
-        .expect("container.stopped");
-    assert_eq!(stopped.task(), task);
-    assert_eq!(stopped.data["container_id"], container.as_str());
-    assert!(stopped.seq > asked[0].seq);
-    let done = events
-        .iter()
-        .find(|e| e.ty == "task.completed")
-        .expect("task.completed");
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    assert_eq!(asked[0].task(), queued_task);
+    assert_eq!(asked[1].task(), running_task);
     assert!(
-        done.data["outcome"]
-            .as_str()
-            .unwrap_or_default()
-            .eq_ignore_ascii_case("stopped"),
-        "{done:?}"
+        asked
+            .iter()
+            .all(|a| a.data["requested_by"] == "dashboard:local"
+                && a.data["reason"] == "taking too long")
     );
+    let of = |ty: &str, task: &str| -> Vec<&Ev> {
+        events
+            .iter()
+            .filter(|e| e.ty == ty && e.task() == task)
+            .collect()
+    };
+    assert!(
+        of("task.started", &queued_task).is_empty(),
+        "the queued task never ran"
+    );
+    assert!(of("container.created", &queued_task).is_empty());
+    let stopped = of("container.stopped", &running_task);
+    assert_eq!(stopped.len(), 1, "{events:?}");
+    assert_eq!(stopped[0].data["container_id"], container.as_str());
+    assert!(stopped[0].seq > asked[1].seq);
+    for task in [&queued_task, &running_task] {
+        let done = of("task.completed", task);
+        assert_eq!(done.len(), 1, "{task}: {events:?}");
+        assert!(
+            done[0].data["outcome"]
+                .as_str()
+                .unwrap_or_default()
+                .eq_ignore_ascii_case("stopped"),
+            "{done:?}"
+        );
+    }
     // The container is gone from the engine.
     let engine = airut::sandbox::Engine::connect(Some(&crate::sandbox::setup().docker_host))
         .await
         .unwrap();
     let inspect = engine.docker().inspect_container(&container, None).await;
     assert!(inspect.is_err(), "the container is removed: {inspect:?}");
-    // A second Stop on the finished task is refused.
+    // A Stop on the finished task is refused (no button, and 409).
+    let base = w.dashboard();
+    let (_, _, page) = http("GET", &format!("{base}/task/{running_task}"), &[], "").await;
+    assert!(
+        !page.contains("id=\"stop-button\""),
+        "no Stop button on a finished task"
+    );
     let (status, _, _) = http(
         "POST",
-        &url,
-        &[content_type, ("Origin", base.as_str())],
-        &form,
+        &format!("{base}/task/{running_task}/stop"),
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Origin", base.as_str()),
+        ],
+        &format!("csrf={csrf}"),
     )
     .await;
-    assert_eq!(status, 409);
+    assert_eq!(status, 409, "the task is done");
 }
 
 // === Benchmark ===
