@@ -9,11 +9,14 @@
 //! live in `fixtures/claude/*.json`:
 //! `{"turns": [{"content": [<text or tool_use blocks>], "stop_reason": "tool_use"}]}`.
 //! When the script runs out, the mock answers "All done." with `end_turn`.
-//! A turn may say `"delay_ms": N` to hold the response (timeout and stop
-//! tests).
+//! A turn may say `"delay_ms": N` to hold the response (timeout tests), or
+//! `"hold": true` to hold it until the test calls [`MockAnthropic::release`]
+//! (concurrency, stop and benchmark tests: event order, not durations).
+//! [`MockAnthropic::push_turns`] adds turns while the mock runs.
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,12 +36,15 @@ pub struct MockAnthropic {
     _server: tokio::task::JoinHandle<()>,
 }
 
-#[derive(Default)]
 struct Shared {
     turns: Mutex<Vec<Value>>,
     next: Mutex<usize>,
     requests: Mutex<Vec<Value>>,
     api_keys: Mutex<Vec<String>>,
+    /// Permits for held turns ([`MockAnthropic::release`]).
+    gate: tokio::sync::Semaphore,
+    /// Held turns waiting for a permit now.
+    held: AtomicUsize,
 }
 
 impl MockAnthropic {
@@ -58,7 +64,11 @@ impl MockAnthropic {
     pub async fn with_turns(turns: Vec<Value>) -> MockAnthropic {
         let state = Arc::new(Shared {
             turns: Mutex::new(turns),
-            ..Default::default()
+            next: Mutex::new(0),
+            requests: Mutex::new(Vec::new()),
+            api_keys: Mutex::new(Vec::new()),
+            gate: tokio::sync::Semaphore::new(0),
+            held: AtomicUsize::new(0),
         });
         let app = Router::new()
             .route("/v1/messages", axum::routing::post(messages))
@@ -103,6 +113,21 @@ impl MockAnthropic {
     pub fn served(&self) -> usize {
         *self.state.next.lock().expect("lock")
     }
+
+    /// Appends turns to the script (served after the ones left).
+    pub fn push_turns(&self, turns: Vec<Value>) {
+        self.state.turns.lock().expect("lock").extend(turns);
+    }
+
+    /// How many `"hold": true` turns are waiting for [`Self::release`].
+    pub fn held(&self) -> usize {
+        self.state.held.load(Ordering::SeqCst)
+    }
+
+    /// Lets `n` held turns (present or future) answer.
+    pub fn release(&self, n: usize) {
+        self.state.gate.add_permits(n);
+    }
 }
 
 fn is_agent(body: &Value) -> bool {
@@ -139,6 +164,21 @@ async fn messages(State(state): State<Arc<Shared>>, headers: HeaderMap, body: By
     };
     if let Some(ms) = turn["delay_ms"].as_u64() {
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if turn["hold"].as_bool() == Some(true) {
+        // Counted while waiting, also if the client goes away meanwhile.
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        state.held.fetch_add(1, Ordering::SeqCst);
+        let waiting = Waiting(&state.held);
+        if let Ok(p) = state.gate.acquire().await {
+            p.forget();
+        }
+        drop(waiting);
     }
     let content = turn["content"].as_array().cloned().unwrap_or_default();
     let stop_reason = turn["stop_reason"]
