@@ -885,9 +885,9 @@ impl Gateway {
             while self.intake_one().await?.is_some() {
                 self.catch_up().await?;
             }
-            while self.reply_one().await?.is_some() {
-                self.catch_up().await?;
-            }
+            // Tasks start before replies go out: an acknowledgement's SMTP
+            // round trip does not delay the agent's start (replies still
+            // go out in log order, so the ack comes before the answer).
             for task in self.startable() {
                 let stop = kill.child_token();
                 let Some(job) = self.job(task, stop.clone(), kill.clone()) else {
@@ -906,6 +906,9 @@ impl Gateway {
                     let result = job.run().await;
                     let _ = done.send(JobDone { task, result });
                 });
+            }
+            while self.reply_one().await?.is_some() {
+                self.catch_up().await?;
             }
             self.catch_up().await?;
             if self.state.next == seen {
