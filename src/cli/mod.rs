@@ -256,6 +256,8 @@ pub enum BenchCommand {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    // Before the first allocation of any size touches the allocator's arena.
+    procmem::no_huge_pages();
     let cli = Cli::parse();
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
