@@ -7,11 +7,12 @@
 //! reads its `VmRSS`, `RssAnon` and `RssFile` from `/proc/PID/status`, and
 //! attributes the resident set per mapping from `/proc/PID/smaps` (the
 //! binary's code, read-only data and relocated data, shared libraries,
-//! allocator arenas and other anonymous memory, thread stacks). Last it
-//! sends SIGTERM and times the exit. Each of two configs (no repos; one
-//! repo with a local bare git remote and an email channel whose IMAP and
-//! SMTP ports are closed) runs on a fresh state dir (creates the store) and
-//! on an existing one (reopens it).
+//! allocator arenas and other anonymous memory, thread stacks). Then it asks
+//! for one board page (its time, and the RSS after it: code the server had
+//! let go of is mapped back as it runs), sends SIGTERM and times the exit.
+//! Each of two configs (no repos; one repo with a local bare git remote and
+//! an email channel whose IMAP and SMTP ports are closed) runs on a fresh
+//! state dir (creates the store) and on an existing one (reopens it).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -50,6 +51,10 @@ struct RunFigures {
     stop: Duration,
     status: ProcStatus,
     smaps: Vec<Mapping>,
+    /// Time to serve the board page after the idle time.
+    board: Duration,
+    /// Memory after serving it.
+    after_board: ProcStatus,
 }
 
 /// Runs the startup benchmark.
@@ -239,7 +244,7 @@ async fn run_once(
                 .map(|info| info.addr);
         }
         if let Some(addr) = addr
-            && healthz(addr).await
+            && get(addr, "/healthz").await
         {
             break start.elapsed();
         }
@@ -248,6 +253,8 @@ async fn run_once(
 
     let mut status = ProcStatus::default();
     let mut smaps = Vec::new();
+    let mut board = Duration::ZERO;
+    let mut after_board = ProcStatus::default();
     if !settle.is_zero() {
         tokio::time::sleep(settle).await;
         if let Some(exit) = child.try_wait()? {
@@ -260,6 +267,18 @@ async fn run_once(
         smaps = parse_smaps(
             &std::fs::read_to_string(format!("/proc/{pid}/smaps"))
                 .context("reading the server's /proc smaps")?,
+        );
+        // A first use after the idle time: the board page.
+        let asked = Instant::now();
+        if let Some(addr) = addr
+            && get(addr, "/").await
+        {
+            board = asked.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after_board = parse_status(
+            &std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .context("reading the server's /proc status")?,
         );
     }
 
@@ -283,15 +302,17 @@ async fn run_once(
         stop,
         status,
         smaps,
+        board,
+        after_board,
     })
 }
 
-/// Whether `GET /healthz` answers 200 now.
-async fn healthz(addr: SocketAddr) -> bool {
+/// Whether `GET path` answers 200 now.
+async fn get(addr: SocketAddr, path: &str) -> bool {
     let probe = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-            .await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
+        s.write_all(request.as_bytes()).await?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await?;
         std::io::Result::Ok(buf.starts_with(b"HTTP/1.1 200"))
@@ -382,8 +403,8 @@ fn print_runs(variant: Variant, state: &str, runs: &[RunFigures], binary: &str) 
     let mut serving: Vec<f64> = runs.iter().map(|r| ms(r.serving)).collect();
     let mut stop: Vec<f64> = runs.iter().map(|r| ms(r.stop)).collect();
     let mib = |kib: u64| kib as f64 / 1024.0;
-    let median_kib = |f: fn(&ProcStatus) -> u64| {
-        let mut v: Vec<u64> = runs.iter().map(|r| f(&r.status)).collect();
+    let median_kib = |f: fn(&RunFigures) -> u64| {
+        let mut v: Vec<u64> = runs.iter().map(f).collect();
         v.sort_unstable();
         v[v.len() / 2]
     };
@@ -395,10 +416,18 @@ fn print_runs(variant: Variant, state: &str, runs: &[RunFigures], binary: &str) 
     );
     println!(
         "  idle: VmRSS {:.1} MiB (RssAnon {:.1} MiB, RssFile {:.1} MiB), {} threads (medians)",
-        mib(median_kib(|s| s.vm_rss)),
-        mib(median_kib(|s| s.rss_anon)),
-        mib(median_kib(|s| s.rss_file)),
-        median_kib(|s| s.threads)
+        mib(median_kib(|r| r.status.vm_rss)),
+        mib(median_kib(|r| r.status.rss_anon)),
+        mib(median_kib(|r| r.status.rss_file)),
+        median_kib(|r| r.status.threads)
+    );
+    let mut board: Vec<f64> = runs.iter().map(|r| ms(r.board)).collect();
+    println!(
+        "  then one board page: served in {}; VmRSS {:.1} MiB (RssAnon {:.1} MiB, RssFile {:.1} MiB) after it (medians)",
+        spread(&mut board),
+        mib(median_kib(|r| r.after_board.vm_rss)),
+        mib(median_kib(|r| r.after_board.rss_anon)),
+        mib(median_kib(|r| r.after_board.rss_file)),
     );
     let Some(last) = runs.last() else {
         return;

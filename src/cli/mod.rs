@@ -256,9 +256,12 @@ pub enum BenchCommand {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    // Before the first allocation of any size touches the allocator's arena.
-    procmem::no_huge_pages();
     let cli = Cli::parse();
+    if let Command::Run = cli.command {
+        // Before the runtime's threads make their heaps. Only the server:
+        // the flag is inherited by child processes (a benchmark's server).
+        procmem::no_huge_pages();
+    }
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

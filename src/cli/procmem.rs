@@ -146,8 +146,9 @@ pub fn release_file_pages() -> std::io::Result<u64> {
 /// huge pages (`PR_SET_THP_DISABLE`), as mimalloc's `no_thp` build does for
 /// its own arenas: on a system whose THP setting is `always`, every 2 MiB
 /// region a thread's heap touched would otherwise cost 2 MiB of RSS. The
-/// log and dashboard benchmarks run as fast without them. A kernel that
-/// refuses leaves things as they were.
+/// log and dashboard benchmarks run as fast without them. The flag is
+/// inherited by child processes (git). A kernel that refuses leaves things
+/// as they were.
 pub fn no_huge_pages() {
     #[allow(unsafe_code)]
     // SAFETY: prctl(PR_SET_THP_DISABLE) only sets a flag of this process.
