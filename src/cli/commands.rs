@@ -102,6 +102,22 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             iterations,
             dir,
         }) => super::bench_dashboard::dashboard(events, tasks, iterations, dir).await,
+        Command::Bench(BenchCommand::Startup {
+            runs,
+            settle,
+            dir,
+            binary,
+        }) => {
+            let settle = std::time::Duration::try_from_secs_f64(settle)
+                .map_err(|_| anyhow::anyhow!("--settle must be a number of seconds ≥ 0"))?;
+            super::bench_startup::startup(super::bench_startup::StartupOptions {
+                runs,
+                settle,
+                dir,
+                binary,
+            })
+            .await
+        }
     }
 }
 

@@ -14,9 +14,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 mod access;
 mod bench;
 mod bench_dashboard;
+mod bench_startup;
 mod check;
 mod client;
 mod commands;
+mod procmem;
 pub mod runtime;
 mod serve;
 
@@ -226,6 +228,23 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+    /// `airut run`: start → serving `/healthz` on a fresh and on an
+    /// existing state dir, idle memory (VmRSS, RssAnon, RssFile and where
+    /// it goes, from smaps) and SIGTERM → exit, without and with a repo.
+    Startup {
+        /// Runs per config and state dir (median, min and max reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Seconds the server sits idle before its memory is read.
+        #[arg(long, default_value_t = 2.0)]
+        settle: f64,
+        /// Scratch directory parent [default: the temporary directory].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The airut binary to measure [default: this executable].
+        #[arg(long)]
+        binary: Option<PathBuf>,
+    },
     /// Internal: rebuild the projections of an existing bench store and
     /// report peak memory (run as a child of `bench log`).
     #[command(hide = true)]
@@ -238,6 +257,11 @@ pub enum BenchCommand {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Run = cli.command {
+        // Before the runtime's threads make their heaps. Only the server:
+        // the flag is inherited by child processes (a benchmark's server).
+        procmem::no_huge_pages();
+    }
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -2,7 +2,9 @@
 //!
 //! Order of start: config → state dir → log → projections (caught up) →
 //! `config.loaded` → listener bound → runtime file → `server.started` →
-//! dashboard serving → gateway boot (`repo.booted` per repo) and serve.
+//! dashboard serving → gateway boot (`repo.booted` per repo) and serve;
+//! a moment later the pages only starting needed are let go
+//! ([`super::procmem`]). SIGINT/SIGTERM are watched from the start.
 //! Shutdown on SIGINT/SIGTERM: cancel the token, stop accepting, let the
 //! tracked tasks finish under a grace deadline, record `server.stopped`,
 //! and close the log last (flush + fsync).
@@ -27,6 +29,10 @@ use crate::projections::Projections;
 /// How long running work gets to finish after a shutdown signal.
 const GRACE: Duration = Duration::from_secs(10);
 
+/// How long after the gateway has booted (its channels then connect, the
+/// first requests come) the start-up pages are released.
+const STARTUP_SETTLE: Duration = Duration::from_secs(1);
+
 /// Runs the server until a signal.
 pub async fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     // SIGHUP reloads the config (src/runtime/reload.rs); caught from the
@@ -49,6 +55,7 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
+    let signals = StopSignals::install();
     let dir = access::log_dir(&state_dir);
     let log = tokio::task::spawn_blocking(move || Log::open(&dir, LogOptions::default()))
         .await?
@@ -137,6 +144,7 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let gateway_log = log.clone();
     let gateway_stop = shutdown.child_token();
     let parts_stop = shutdown.child_token();
+    let trim_stop = shutdown.child_token();
     let parts = tracker.clone();
     // `--state-dir` overrides the config's state dir for everything.
     let mut server_cfg = cfg.clone();
@@ -160,7 +168,16 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
             server_cfg.state_dir.clone(),
             generation,
         );
-        match Gateway::boot(gateway_log.clone(), gateway_cfg, setups).await {
+        let booted = Gateway::boot(gateway_log.clone(), gateway_cfg, setups).await;
+        // Not tracked: shutdown does not wait for it.
+        let settled = trim_stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(STARTUP_SETTLE) => release_startup_pages().await,
+                _ = settled.cancelled() => {}
+            }
+        });
+        match booted {
             Ok(gw) => {
                 parts.spawn(reloader.follow(gw.handle(), reload_stop));
                 if let Err(e) = gw.serve(gateway_stop).await {
@@ -171,7 +188,7 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         }
     });
 
-    let reason = wait_for_signal().await;
+    let reason = signals.wait().await;
     tracing::info!(%reason, "shutting down");
     shutdown.cancel();
     tracker.close();
@@ -194,6 +211,17 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     drop(guard);
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Once the server has started, lets go of the code and read-only data
+/// pages that starting touched (see [`super::procmem`]): the idle server's
+/// RSS is then what it uses, not what it once ran.
+async fn release_startup_pages() {
+    match tokio::task::spawn_blocking(super::procmem::release_file_pages).await {
+        Ok(Ok(kib)) => tracing::debug!(kib, "released the start-up file pages"),
+        Ok(Err(e)) => tracing::debug!(error = %e, "cannot release the start-up file pages"),
+        Err(e) => tracing::debug!(error = %e, "cannot release the start-up file pages"),
+    }
 }
 
 async fn append_server(log: &Log, event: Event) -> anyhow::Result<()> {
@@ -219,18 +247,43 @@ fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create the state dir {}", dir.display()))
 }
 
-async fn wait_for_signal() -> String {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch SIGTERM; only Ctrl-C will stop the server");
-            let _ = tokio::signal::ctrl_c().await;
-            return "SIGINT".to_owned();
+/// SIGINT and SIGTERM watchers. Installed before the listener is bound, so
+/// a stop signal that comes as soon as `/healthz` answers (a service
+/// manager, a benchmark) is a clean shutdown, not the default death.
+struct StopSignals {
+    int: Option<tokio::signal::unix::Signal>,
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn install() -> StopSignals {
+        use tokio::signal::unix::{SignalKind, signal};
+        let watch = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch {name}; it will not stop the server cleanly");
+                None
+            }
+        };
+        StopSignals {
+            int: watch(SignalKind::interrupt(), "SIGINT"),
+            term: watch(SignalKind::terminate(), "SIGTERM"),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT".to_owned(),
-        _ = term.recv() => "SIGTERM".to_owned(),
+    }
+
+    /// Waits for either signal; returns its name.
+    async fn wait(mut self) -> String {
+        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            _ = recv(&mut self.int) => "SIGINT".to_owned(),
+            _ = recv(&mut self.term) => "SIGTERM".to_owned(),
+        }
     }
 }
