@@ -99,7 +99,10 @@ impl Reloader {
             setups.push(setup);
             parts.insert(id.clone(), p);
         }
-        let seen = file_signature(&path);
+        // Not looked at yet: the first look loads the file once more, so
+        // a change made while the server was starting is not missed (the
+        // content hash tells an unchanged file).
+        let seen = None;
         (
             Reloader {
                 runtime,
@@ -142,7 +145,7 @@ impl Reloader {
                     "the config file changed"
                 }
             };
-            tracing::info!(path = %self.path.display(), why, "reloading the config");
+            tracing::debug!(path = %self.path.display(), why, "looking at the config");
             match self.reload(&gateway).await {
                 Ok(Some(a)) => tracing::info!(
                     generation = self.generation,
@@ -152,7 +155,7 @@ impl Reloader {
                     execution = a.execution,
                     "config reloaded"
                 ),
-                Ok(None) => tracing::info!("the config is unchanged"),
+                Ok(None) => tracing::debug!("the config is unchanged"),
                 Err(e) => {
                     tracing::error!("the config was not reloaded; the running config stays: {e:#}")
                 }
