@@ -730,6 +730,48 @@ async fn a_hostile_smtp_server_is_a_recorded_failure_not_a_panic() {
 }
 
 #[tokio::test]
+async fn a_server_answering_without_end_is_cut_off_not_buffered() {
+    use tokio::io::AsyncReadExt as _;
+    let store = tempfile::tempdir().unwrap();
+    let log = Log::open(store.path(), LogOptions::default()).unwrap();
+    // A greeting line that never ends: 64 MiB of it, as fast as it goes.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = sent.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let chunk = vec![b'2'; 64 * 1024];
+                let _ = tcp.write_all(b"220-").await;
+                for _ in 0..1024 {
+                    if tcp.write_all(&chunk).await.is_err() {
+                        break;
+                    }
+                    counter.fetch_add(chunk.len(), std::sync::atomic::Ordering::SeqCst);
+                }
+                let mut buf = [0u8; 1024];
+                let _ = tcp.read(&mut buf).await;
+            });
+        }
+    });
+    let sink = sink_for(port, Security::Plain, Trust::public(), &log);
+    let outcome = sink.send(reply("result:endless")).await.unwrap();
+    let SendOutcome::Failed { error } = &outcome else {
+        panic!("{outcome:?}");
+    };
+    assert!(error.contains("more than"), "{error}");
+    // The sink stopped reading after its cap (1 MiB), long before the
+    // server's 64 MiB were through (socket buffers hold a few MiB).
+    assert!(
+        sent.load(std::sync::atomic::Ordering::SeqCst) < 32 << 20,
+        "{} bytes were read",
+        sent.load(std::sync::atomic::Ordering::SeqCst)
+    );
+}
+
+#[tokio::test]
 async fn non_ascii_subjects_bodies_and_file_names_survive_encoding() {
     let receiver = Receiver::start(ReceiverOptions::default()).await;
     let store = tempfile::tempdir().unwrap();

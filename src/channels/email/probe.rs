@@ -168,6 +168,21 @@ struct Probe<'a> {
 
 // === impl Probe ===
 
+impl<'a> Probe<'a> {
+    /// The repo's SMTP server, with `limit` from now.
+    fn smtp(settings: &'a EmailSettings, limit: Duration) -> Probe<'a> {
+        Probe {
+            protocol: "SMTP",
+            section: "smtp",
+            host: &settings.smtp.host,
+            port: settings.smtp.port,
+            repo: &settings.repo.0,
+            deadline: Instant::now() + limit,
+            limit,
+        }
+    }
+}
+
 impl Probe<'_> {
     fn fail(&self, kind: FailureKind, detail: impl std::fmt::Display) -> ProbeError {
         let k = |key: &str| format!("repos.{}.email.{key}", self.repo);
@@ -334,16 +349,64 @@ pub async fn probe_smtp(
     settings: &EmailSettings,
     limit: Duration,
 ) -> Result<SmtpReport, ProbeError> {
+    let p = Probe::smtp(settings, limit);
+    let (mut conn, authenticated) = open_smtp(&p, settings).await.map_err(|(e, _)| e)?;
+    let _ = tokio::time::timeout_at(p.deadline, conn.quit()).await;
+    Ok(SmtpReport {
+        security: settings.smtp.security,
+        authenticated,
+    })
+}
+
+/// Sends one message as the SMTP sink does: a session opened like the
+/// probe's (every answer read through a stream capped at
+/// [`SMTP_READ_LIMIT`], so a hostile server cannot make airut buffer
+/// without end), the message, QUIT; all within `limit`. An error says what
+/// failed and whether it is worth a retry (a 4xx answer).
+pub(crate) async fn send_smtp(
+    settings: &EmailSettings,
+    message: &lettre::Message,
+    limit: Duration,
+) -> Result<(), (String, bool)> {
+    let p = Probe::smtp(settings, limit);
+    let (mut conn, _) = open_smtp(&p, settings)
+        .await
+        .map_err(|(e, transient)| (e.to_string(), transient))?;
+    let sent = tokio::time::timeout_at(
+        p.deadline,
+        conn.send(message.envelope(), &message.formatted()),
+    )
+    .await;
+    match sent {
+        Ok(Ok(_)) => {
+            // Accepted: a slow QUIT does not make it a failure.
+            let _ = tokio::time::timeout_at(p.deadline, conn.quit()).await;
+            Ok(())
+        }
+        Ok(Err(e)) => {
+            conn.abort().await;
+            Err((sink::smtp_error_text(&e), e.is_transient()))
+        }
+        Err(_) => Err((
+            format!(
+                "no answer from {} within {} s while sending the message",
+                settings.smtp.host,
+                limit.as_secs()
+            ),
+            false,
+        )),
+    }
+}
+
+/// Opens an SMTP session: connect, TLS as configured, greeting and EHLO,
+/// STARTTLS, AUTH when credentials are configured. Returns the session and
+/// whether it authenticated; an error with whether it is transient.
+async fn open_smtp(
+    p: &Probe<'_>,
+    settings: &EmailSettings,
+) -> Result<(AsyncSmtpConnection, bool), (ProbeError, bool)> {
     let smtp = &settings.smtp;
-    let p = Probe {
-        protocol: "SMTP",
-        section: "smtp",
-        host: &smtp.host,
-        port: smtp.port,
-        repo: &settings.repo.0,
-        deadline: Instant::now() + limit,
-        limit,
-    };
+    let fatal = |e: ProbeError| (e, false);
     let hello = sink::hello_name(settings).unwrap_or_default();
     let params = match smtp.security {
         Security::Plain => None,
@@ -351,16 +414,16 @@ pub async fn probe_smtp(
             settings
                 .trust
                 .smtp_parameters(&smtp.host)
-                .map_err(|e| p.fail(FailureKind::Tls, e))?,
+                .map_err(|e| fatal(p.fail(FailureKind::Tls, e)))?,
         ),
     };
-    let tcp = p.tcp().await?;
+    let tcp = p.tcp().await.map_err(fatal)?;
     let stream: Box<dyn AsyncTokioStream> = if smtp.security == Security::Tls {
         let config = settings
             .trust
             .client_config()
-            .map_err(|e| p.fail(FailureKind::Tls, e))?;
-        let name = tls::server_name(&smtp.host).map_err(|e| p.fail(FailureKind::Tls, e))?;
+            .map_err(|e| fatal(p.fail(FailureKind::Tls, e)))?;
+        let name = tls::server_name(&smtp.host).map_err(|e| fatal(p.fail(FailureKind::Tls, e)))?;
         let tls = p
             .step("the TLS handshake", async {
                 tokio_rustls::TlsConnector::from(config)
@@ -368,33 +431,35 @@ pub async fn probe_smtp(
                     .await
                     .map_err(|e| p.tls_failure(&e))
             })
-            .await?;
+            .await
+            .map_err(fatal)?;
         Box::new(Capped::new(tls))
     } else {
         Box::new(Capped::new(tcp))
     };
-    let mut conn = p
-        .step("reading the greeting and EHLO", async {
-            AsyncSmtpConnection::connect_with_transport(stream, &hello)
-                .await
-                .map_err(|e| smtp_failure(&p, FailureKind::Greeting, &e))
-        })
-        .await?;
+    let mut conn = within(p, "reading the greeting and EHLO", async {
+        AsyncSmtpConnection::connect_with_transport(stream, &hello)
+            .await
+            .map_err(|e| (smtp_failure(p, FailureKind::Greeting, &e), e.is_transient()))
+    })
+    .await?;
     if smtp.security == Security::StartTls {
         if !conn.can_starttls() {
             conn.abort().await;
-            return Err(p.fail(
+            return Err(fatal(p.fail(
                 FailureKind::StartTls,
                 "the server does not offer STARTTLS in its EHLO answer",
-            ));
+            )));
         }
-        let params = params.expect("TLS parameters are made for STARTTLS");
-        p.step("STARTTLS", async {
+        let Some(params) = params else {
+            return Err(fatal(p.fail(FailureKind::Tls, "no TLS parameters")));
+        };
+        within(p, "STARTTLS", async {
             conn.starttls(params, &hello).await.map_err(|e| {
                 if e.is_transient() || e.is_permanent() {
-                    smtp_failure(&p, FailureKind::StartTls, &e)
+                    (smtp_failure(p, FailureKind::StartTls, &e), e.is_transient())
                 } else {
-                    p.tls_failure(&e)
+                    fatal(p.tls_failure(&e))
                 }
             })
         })
@@ -406,22 +471,43 @@ pub async fn probe_smtp(
                 .await
                 .map_err(|e| p.fail(FailureKind::Token, e))
         })
-        .await?;
+        .await
+        .map_err(fatal)?;
     let authenticated = auth.is_some();
     if let Some((credentials, mechanisms)) = auth {
-        p.step("AUTH", async {
+        within(p, "AUTH", async {
             conn.auth(&mechanisms, &credentials)
                 .await
                 .map(|_| ())
-                .map_err(|e| smtp_failure(&p, FailureKind::AuthRejected, &e))
+                .map_err(|e| {
+                    (
+                        smtp_failure(p, FailureKind::AuthRejected, &e),
+                        e.is_transient(),
+                    )
+                })
         })
         .await?;
     }
-    let _ = tokio::time::timeout_at(p.deadline, conn.quit()).await;
-    Ok(SmtpReport {
-        security: smtp.security,
-        authenticated,
-    })
+    Ok((conn, authenticated))
+}
+
+/// [`Probe::step`] for steps whose error also says whether a retry may
+/// help.
+async fn within<T>(
+    p: &Probe<'_>,
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, (ProbeError, bool)>>,
+) -> Result<T, (ProbeError, bool)> {
+    match tokio::time::timeout_at(p.deadline, fut).await {
+        Ok(r) => r,
+        Err(_) => Err((
+            p.fail(
+                FailureKind::Timeout,
+                format!("no answer within {} s while {what}", p.limit.as_secs_f32()),
+            ),
+            false,
+        )),
+    }
 }
 
 /// Maps the source's errors (greeting, TLS, login) to what failed.

@@ -21,17 +21,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use lettre::Message;
 use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::{Credentials as SmtpCredentials, Mechanism};
-use lettre::transport::smtp::client::Tls;
 use lettre::transport::smtp::extension::ClientId;
-use lettre::{AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor};
 
 use super::config::{Credentials, EmailSettings};
 use super::markdown;
 use super::source::CHANNEL;
-use crate::config::email::Security;
 use crate::events::{
     ConversationId, Event, EventId, EventType, MessageReceivedV1, ReplyFailedV1, ReplyKind,
     ReplySentV1, ReplyStartedV1, StreamId, TaskId,
@@ -444,53 +442,11 @@ impl EmailSink {
         }
     }
 
+    /// One delivery attempt: a session opened like `airut check`'s probe,
+    /// with every answer read through a capped stream (a hostile or broken
+    /// server cannot make airut buffer without end), within `SMTP_TIMEOUT`.
     async fn smtp_send(&self, message: &Message) -> Result<(), (String, bool)> {
-        let transport = self.transport().await.map_err(|e| (e, true))?;
-        match tokio::time::timeout(SMTP_TIMEOUT, transport.send(message.clone())).await {
-            Err(_) => Err((
-                format!(
-                    "no answer from {} within {} s",
-                    self.settings.smtp.host,
-                    SMTP_TIMEOUT.as_secs()
-                ),
-                false,
-            )),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err((smtp_error_text(&e), e.is_transient())),
-        }
-    }
-
-    async fn transport(&self) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
-        let smtp = &self.settings.smtp;
-        let mut builder =
-            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.host.as_str())
-                .port(smtp.port)
-                .timeout(Some(SMTP_TIMEOUT));
-        if let Some(name) = hello_name(&self.settings) {
-            builder = builder.hello_name(name);
-        }
-        let tls = match smtp.security {
-            Security::Plain => Tls::None,
-            Security::Tls | Security::StartTls => {
-                let params = self
-                    .settings
-                    .trust
-                    .smtp_parameters(&smtp.host)
-                    .map_err(|e| e.to_string())?;
-                if smtp.security == Security::Tls {
-                    Tls::Wrapper(params)
-                } else {
-                    Tls::Required(params)
-                }
-            }
-        };
-        builder = builder.tls(tls);
-        if let Some((credentials, mechanisms)) =
-            smtp_auth(&self.settings).await.map_err(|e| e.to_string())?
-        {
-            builder = builder.credentials(credentials).authentication(mechanisms);
-        }
-        Ok(builder.build())
+        super::probe::send_smtp(&self.settings, message, SMTP_TIMEOUT).await
     }
 
     async fn append_caused(
@@ -771,7 +727,7 @@ fn safe_filename(name: &str) -> String {
     }
 }
 
-fn smtp_error_text(e: &lettre::transport::smtp::Error) -> String {
+pub(crate) fn smtp_error_text(e: &lettre::transport::smtp::Error) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
