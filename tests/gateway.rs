@@ -1772,6 +1772,151 @@ async fn airut_run_applies_config_changes_while_serving_and_keeps_a_broken_file_
     assert_eq!(booted.iter().filter(|r| r.0 == "widgets").count(), 3);
 }
 
+#[tokio::test]
+async fn a_reload_that_moves_the_mailbox_stops_the_old_source_before_the_new_one_reads() {
+    use crate::email_support::{Dovecot, DovecotOptions, PASSWORD, USER, mail};
+    use std::process::{Command, Stdio};
+    let old = Dovecot::start(DovecotOptions::default()).await;
+    let new = Dovecot::start(DovecotOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let config = state.join("airut.yaml");
+    let write = |port: u16| {
+        std::fs::write(
+            &config,
+            format!(
+                r#"config_version: 1
+dashboard:
+  host: 127.0.0.1
+  port: 0
+execution:
+  shutdown_timeout: 2s
+repos:
+  widgets:
+    repo_url: https://example.invalid/widgets.git
+    email:
+      address: airut@example.net
+      from: "Airut <airut@example.net>"
+      username: {USER}
+      password: "{PASSWORD}"
+      imap:
+        host: 127.0.0.1
+        port: {port}
+        security: plain
+        mode: poll
+        poll_interval: 1s
+      smtp:
+        host: 127.0.0.1
+        port: 9
+        security: plain
+      auth:
+        trusted_authserv_id: mx.example.net
+        authorized_senders: [alice@example.com]
+"#
+            ),
+        )
+        .unwrap();
+    };
+    write(old.port);
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut server = Server(
+        Command::new(env!("CARGO_BIN_EXE_airut"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(state)
+            .arg("run")
+            .env("AIRUT_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::fs::write(state.join("cli.yaml"), "config_version: 1\n").unwrap();
+    let tail = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_airut"))
+            .arg("--config")
+            .arg(state.join("cli.yaml"))
+            .arg("--state-dir")
+            .arg(state)
+            .args(["events", "tail", "--json"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let wait_for = |what: &'static str, f: Box<dyn Fn(&str) -> bool>| {
+        let tail = &tail;
+        async move {
+            let r = tokio::time::timeout(WAIT, async {
+                while !f(&tail()) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+            .await;
+            assert!(r.is_ok(), "gave up waiting for: {what}");
+        }
+    };
+    let received = |t: &str, id: &str| {
+        t.lines()
+            .any(|l| l.contains("\"message.received\"") && l.contains(id))
+    };
+    // The first source reads the first mailbox.
+    old.deliver(
+        &mail("alice@example.com", "m1@example.com", "One", "first"),
+        None,
+    )
+    .await;
+    wait_for("m1", Box::new(move |t| received(t, "m1@example.com"))).await;
+
+    // The reload moves the repo to the other mailbox.
+    write(new.port);
+    wait_for(
+        "the reload",
+        Box::new(|t| {
+            t.matches("\"config.loaded\"").count() == 2 && t.matches("\"repo.booted\"").count() == 2
+        }),
+    )
+    .await;
+    old.deliver(
+        &mail("alice@example.com", "m2@example.com", "Two", "to the old"),
+        None,
+    )
+    .await;
+    new.deliver(
+        &mail("alice@example.com", "m3@example.com", "Three", "to the new"),
+        None,
+    )
+    .await;
+    wait_for("m3", Box::new(move |t| received(t, "m3@example.com"))).await;
+    // Several poll intervals later, the old mailbox is still not read.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        !received(&tail(), "m2@example.com"),
+        "the old source still runs"
+    );
+    assert_eq!(
+        old.count().await,
+        1,
+        "the mail in the old mailbox was taken"
+    );
+    assert_eq!(new.count().await, 0);
+    let pid = server.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(server.0.wait().unwrap().success());
+}
+
 // --- with real git workspaces -------------------------------------------------------------
 
 /// Commits and pushes from inside the agent's workspace, like an agent would.
