@@ -482,3 +482,41 @@ fn bad_config_is_reported_with_its_line() {
     let out = airut(dir.path(), &["run"]);
     assert!(!out.status.success());
 }
+
+#[test]
+fn read_commands_work_on_a_store_while_the_config_is_broken() {
+    let dir = scratch();
+    let state = dir.path();
+    let conv = seed_conversation(state);
+    std::fs::write(state.join("airut.yaml"), "config_version: 1\nrepos: [\n").unwrap();
+    // With --state-dir, the store is read; the broken file is a warning.
+    let out = airut(state, &["events", "tail", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("\"store.created\""));
+    assert!(
+        stderr(&out).contains("the config does not load"),
+        "{}",
+        stderr(&out)
+    );
+    let out = airut(state, &["replay", &conv.to_string()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = airut(
+        state,
+        &["audit", "export", "--conversation", &conv.to_string()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Commands that act (run) still refuse a broken config.
+    let out = airut(state, &["run"]);
+    assert!(!out.status.success());
+    // Without --state-dir, the error says how to read the store anyway.
+    let out = Command::new(env!("CARGO_BIN_EXE_airut"))
+        .arg("--config")
+        .arg(state.join("airut.yaml"))
+        .args(["events", "tail"])
+        .env("AIRUT_LOG", "warn")
+        .env_remove("AIRUT_STATE_DIR")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--state-dir"), "{}", stderr(&out));
+}

@@ -45,6 +45,35 @@ pub fn log_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("log")
 }
 
+/// For commands that only read the store (`events tail`, `replay`,
+/// `audit export`): as [`load_context`], but with `--state-dir` given a
+/// config that does not load is only a warning, so an operator can still
+/// look at what the server did while the file is broken (a running server
+/// keeps its last good config).
+pub fn load_reader_context(global: &GlobalArgs) -> anyhow::Result<Context> {
+    match (load_context(global), &global.state_dir) {
+        (Ok(ctx), _) => Ok(ctx),
+        (Err(e), Some(dir)) => {
+            tracing::warn!(
+                "the config does not load; reading {} anyway: {e:#}",
+                dir.display()
+            );
+            Ok(Context {
+                loaded: config::Loaded {
+                    config: config::ServerConfig::default(),
+                    source: None,
+                    content_hash: [0; 32],
+                    warnings: Vec::new(),
+                },
+                state_dir: dir.clone(),
+            })
+        }
+        (Err(e), None) => Err(e.context(
+            "to read a store while the config is broken, pass --state-dir (or AIRUT_STATE_DIR)",
+        )),
+    }
+}
+
 /// Loads the config (listing every problem on failure) and resolves the
 /// state dir.
 pub fn load_context(global: &GlobalArgs) -> anyhow::Result<Context> {

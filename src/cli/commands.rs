@@ -18,12 +18,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run => super::serve::run(&cli.global).await,
         Command::Events(EventsCommand::Tail { from, follow, json }) => {
-            let ctx = access::load_context(&cli.global)?;
+            let ctx = access::load_reader_context(&cli.global)?;
             tail(&ctx, from, follow, json).await
         }
         Command::Replay { conversation, json } => {
             let conv: ConversationId = conversation.parse()?;
-            let ctx = access::load_context(&cli.global)?;
+            let ctx = access::load_reader_context(&cli.global)?;
             replay(&ctx, conv, json).await
         }
         Command::Audit(AuditCommand::Export {
@@ -46,7 +46,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 format,
                 filter: ExportFilter::Network,
             };
-            let ctx = access::load_context(&cli.global)?;
+            let ctx = access::load_reader_context(&cli.global)?;
             export(&ctx, q).await
         }
         Command::Audit(AuditCommand::Verify { file }) => verify(&file),
