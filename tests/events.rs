@@ -167,6 +167,7 @@ const PINNED: &[(&str, u16, u16, Durability)] = &[
     ("server.stopped", 4, 1, Durability::Durable),
     ("repo.booted", 5, 1, Durability::Durable),
     ("channel.health_changed", 6, 1, Durability::Buffered),
+    ("config.rejected", 7, 1, Durability::Durable),
     ("message.received", 100, 1, Durability::Durable),
     ("message.rejected", 101, 1, Durability::Durable),
     ("message.dismissed", 102, 1, Durability::Durable),
@@ -251,7 +252,7 @@ fn doc_catalogue_has_a_row_for_every_type() {
 #[test]
 fn unknown_codes_and_versions_are_typed_errors() {
     let bytes = aligned(&sample(EventType::TaskQueued).encode().unwrap());
-    for code in [0, 7, 199, 999, u16::MAX] {
+    for code in [0, 8, 199, 999, u16::MAX] {
         assert_eq!(
             Event::decode(code, 1, &bytes),
             Err(PayloadError::UnknownType(code))

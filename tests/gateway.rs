@@ -1704,6 +1704,8 @@ async fn airut_run_applies_config_changes_while_serving_and_keeps_a_broken_file_
     let t = tail();
     assert_eq!(count_in(&t, "config.loaded"), 2);
     assert_eq!(count_in(&t, "repo.booted"), 3);
+    // ... and recorded, for the board and the audit trail.
+    assert_eq!(count_in(&t, "\"config.rejected\""), 1, "{t}");
 
     // SIGHUP applies the fixed file (gadgets removed) and does not end
     // the server; a second SIGHUP with nothing changed records nothing.
@@ -1734,6 +1736,22 @@ async fn airut_run_applies_config_changes_while_serving_and_keeps_a_broken_file_
     // widgets changed back (model), so it booted again; gadgets did not.
     assert_eq!(count_in(&t, "repo.booted"), 4, "{t}");
 
+    // Broken again, then back to exactly the running file: the rejection
+    // is superseded by a generation with nothing to apply.
+    std::fs::write(&config, "config_version: 1\nrepos: [\n").unwrap();
+    wait_for(
+        "the second rejection",
+        Box::new(move |t| count_in(t, "\"config.rejected\"") == 2),
+    )
+    .await;
+    write(widgets);
+    wait_for(
+        "the fourth generation",
+        Box::new(move |t| count_in(t, "config.loaded") == 4),
+    )
+    .await;
+    assert_eq!(count_in(&tail(), "repo.booted"), 4);
+
     assert!(
         Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
@@ -1754,13 +1772,15 @@ async fn airut_run_applies_config_changes_while_serving_and_keeps_a_broken_file_
         .collect();
     assert_eq!(
         loaded.iter().map(|c| c.generation).collect::<Vec<_>>(),
-        vec![1, 2, 3]
+        vec![1, 2, 3, 4]
     );
     assert_eq!(
         loaded[1].repos,
         vec![RepoId("gadgets".into()), RepoId("widgets".into())]
     );
     assert_eq!(loaded[2].repos, vec![RepoId("widgets".into())]);
+    assert_eq!(loaded[3].repos, vec![RepoId("widgets".into())]);
+    assert_eq!(loaded[3].content_hash, loaded[2].content_hash);
     let booted: Vec<RepoId> = events(&log)
         .into_iter()
         .filter_map(|(_, e)| match e {

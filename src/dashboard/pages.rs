@@ -96,6 +96,8 @@ pub struct ServerView {
     pub version: String,
     /// Config generation.
     pub config: String,
+    /// A changed config file that was not applied, and why.
+    pub config_rejected: Option<String>,
     /// Head seq and hash.
     pub head: String,
 }
@@ -790,6 +792,14 @@ pub fn board_live(state: &AppState, before: Option<u64>) -> Result<BoardLive, Pa
                 format!("generation {} from {path}", c.generation)
             })
             .unwrap_or_else(|| "-".into()),
+        config_rejected: info.config_rejected.as_ref().map(|r| {
+            format!(
+                "{} was changed {} but not applied (the running config stays): {}",
+                r.path,
+                views::time(r.at.timestamp_us),
+                r.error
+            )
+        }),
         head: head
             .map(|(s, h)| format!("seq {s} · {}", crate::audit::hex(&h)))
             .unwrap_or_else(|| "-".into()),

@@ -225,6 +225,7 @@ catalogue! {
     ServerStopped(ServerStoppedV1) = 4, ver 1, Durable, "server.stopped";
     RepoBooted(RepoBootedV1) = 5, ver 1, Durable, "repo.booted";
     ChannelHealthChanged(ChannelHealthChangedV1) = 6, ver 1, Buffered, "channel.health_changed";
+    ConfigRejected(ConfigRejectedV1) = 7, ver 1, Durable, "config.rejected";
 
     MessageReceived(MessageReceivedV1) = 100, ver 1, Durable, "message.received";
     MessageRejected(MessageRejectedV1) = 101, ver 1, Durable, "message.rejected";

@@ -74,6 +74,13 @@ pub fn sample(ty: EventType) -> Event {
             content_hash: blob(0x3c, 0).hash,
             repos: vec![repo.clone(), RepoId(s("website"))],
         }),
+        EventType::ConfigRejected => Event::ConfigRejected(ConfigRejectedV1 {
+            path: s("/home/airut/.config/airut/airut.yaml"),
+            content_hash: blob(0x3d, 0).hash,
+            error: s(
+                "/home/airut/.config/airut/airut.yaml:line 4: repos.widgets.model: expected a string",
+            ),
+        }),
         EventType::ServerStarted => Event::ServerStarted(ServerStartedV1 {
             version: s("0.1.0"),
             pid: 41_873,

@@ -28,6 +28,19 @@ frozen! {
         pub repos: Vec<RepoId>,
     }
 
+    /// A changed config file was read while serving and not applied (it
+    /// does not parse or validate, or it is gone); the running config
+    /// stays. The next `config.loaded` supersedes it.
+    pub struct ConfigRejectedV1 {
+        /// The file.
+        pub path: String,
+        /// BLAKE3 of the file's bytes as read (all zero when it is gone).
+        #[serde(with = "crate::events::hex32")]
+        pub content_hash: [u8; 32],
+        /// Every problem, as `airut check` would list them.
+        pub error: String,
+    }
+
     /// `airut run` started serving.
     pub struct ServerStartedV1 {
         /// The airut version.

@@ -46,6 +46,12 @@ impl Event {
                     short_hash(&e.content_hash)
                 )
             }
+            Event::ConfigRejected(e) => format!(
+                "config {} not applied (blake3 {}): {}",
+                text(&e.path),
+                short_hash(&e.content_hash),
+                text(&e.error)
+            ),
             Event::ServerStarted(e) => format!(
                 "server {} started (pid {}, listening on {})",
                 text(&e.version),

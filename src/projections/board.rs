@@ -205,6 +205,22 @@ pub struct ServerInfo {
     pub last_stopped: Option<ServerStop>,
     /// The latest config generation.
     pub config: Option<ConfigInfo>,
+    /// A changed config file that was not applied since that generation.
+    #[serde(default)]
+    pub config_rejected: Option<ConfigRejection>,
+}
+
+/// A config file read while serving and not applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigRejection {
+    /// The file.
+    pub path: String,
+    /// BLAKE3 of the file as read, hex.
+    pub content_hash: String,
+    /// What is wrong with it.
+    pub error: String,
+    /// When.
+    pub at: Activity,
 }
 
 /// A server start.
@@ -553,7 +569,16 @@ impl ServerInfo {
                     at,
                 });
             }
+            Event::ConfigRejected(e) => {
+                self.config_rejected = Some(ConfigRejection {
+                    path: e.path.clone(),
+                    content_hash: e.content_hash.iter().map(|b| format!("{b:02x}")).collect(),
+                    error: e.error.clone(),
+                    at,
+                });
+            }
             Event::ConfigLoaded(e) => {
+                self.config_rejected = None;
                 self.config = Some(ConfigInfo {
                     generation: e.generation,
                     path: e.path.clone(),
@@ -650,7 +675,8 @@ impl BoardFold {
             Event::StoreCreated(_)
             | Event::ServerStarted(_)
             | Event::ServerStopped(_)
-            | Event::ConfigLoaded(_) => {
+            | Event::ConfigLoaded(_)
+            | Event::ConfigRejected(_) => {
                 let mut info = self.server.take(SERVER_KEY)?.unwrap_or_default();
                 info.apply(header, event);
                 self.server.put(SERVER_KEY, info)?;

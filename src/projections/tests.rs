@@ -461,6 +461,41 @@ fn given_health_and_boot_events_then_repos_and_server_info() {
 }
 
 #[test]
+fn given_a_rejected_config_then_the_board_shows_it_until_the_next_generation() {
+    let (_dir, db) = db();
+    let src = MemorySource::default();
+    let loaded = |generation| {
+        Event::ConfigLoaded(ConfigLoadedV1 {
+            generation,
+            path: "/etc/airut.yaml".into(),
+            content_hash: [0xab; 32],
+            repos: vec![repo()],
+        })
+    };
+    src.push(StreamId::server(), loaded(1));
+    src.push(
+        StreamId::server(),
+        Event::ConfigRejected(ConfigRejectedV1 {
+            path: "/etc/airut.yaml".into(),
+            content_hash: [0xcd; 32],
+            error: "line 2: repos: expected a mapping".into(),
+        }),
+    );
+    let p = open(&db, &src);
+    let server = p.board().server().unwrap();
+    let rejected = server.config_rejected.unwrap();
+    assert!(rejected.error.contains("expected a mapping"));
+    assert_eq!(rejected.content_hash, "cd".repeat(32));
+    assert_eq!(server.config.unwrap().generation, 1);
+    drop(p);
+    src.push(StreamId::server(), loaded(2));
+    let p = open(&db, &src);
+    let server = p.board().server().unwrap();
+    assert!(server.config_rejected.is_none());
+    assert_eq!(p.config_generation().unwrap(), 2);
+}
+
+#[test]
 fn given_an_old_schema_version_when_opened_then_rebuilt_from_the_log() {
     let (_dir, db) = db();
     let src = MemorySource::default();
@@ -607,6 +642,7 @@ fn given_a_sample_of_every_event_type_then_all_fold_and_verify() {
             Event::MessageRejected(m) => StreamId::channel(&m.repo, &m.channel),
             Event::StoreCreated(_)
             | Event::ConfigLoaded(_)
+            | Event::ConfigRejected(_)
             | Event::ServerStarted(_)
             | Event::ServerStopped(_)
             | Event::RepoBooted(_)

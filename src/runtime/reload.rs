@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{RepoParts, Runtime};
 use crate::config::{self, ServerConfig};
-use crate::events::{ConfigLoadedV1, Event, RepoId, StreamId};
+use crate::events::{ConfigLoadedV1, ConfigRejectedV1, Event, RepoId, StreamId};
 use crate::gateway::{GatewayConfig, GatewayHandle, RepoSetup};
 use crate::log::{ExpectedVersion, Log, NewEvent, StreamAppend};
 
@@ -51,6 +51,9 @@ pub struct Reloader {
     seen: Option<(u64, SystemTime)>,
     parts: BTreeMap<String, RepoParts>,
     hangup: Option<Signal>,
+    /// The content last recorded as `config.rejected` (not recorded again
+    /// until something else was loaded).
+    rejected: Option<[u8; 32]>,
 }
 
 /// What a reload did, for the log line and the tests.
@@ -116,6 +119,7 @@ impl Reloader {
                 seen,
                 parts,
                 hangup,
+                rejected: None,
             },
             setups,
         )
@@ -167,17 +171,32 @@ impl Reloader {
     /// the ones running.
     pub async fn reload(&mut self, gateway: &GatewayHandle) -> anyhow::Result<Option<Applied>> {
         let path = self.path.clone();
-        let loaded = tokio::task::spawn_blocking(move || config::load(Some(&path))).await??;
+        let loaded = match tokio::task::spawn_blocking(move || config::load(Some(&path))).await? {
+            Ok(l) => l,
+            Err(e) => {
+                let error = e.to_string();
+                self.reject(error).await;
+                return Err(e.into());
+            }
+        };
         if loaded.source.is_none() && self.hash != [0; 32] {
-            anyhow::bail!(
+            let error = format!(
                 "{} is gone; put it back (a server without its config would drop every repo)",
                 self.path.display()
             );
+            self.reject(error.clone()).await;
+            anyhow::bail!(error);
         }
         for w in &loaded.warnings {
             tracing::warn!("{w}");
         }
         if loaded.content_hash == self.hash {
+            if self.rejected.is_some() {
+                // Back to the running file after a rejected one: a load
+                // (nothing to apply) supersedes the rejection.
+                let repos = self.current.repos.keys().cloned().collect();
+                self.record_loaded(loaded.content_hash, repos).await?;
+            }
             return Ok(None);
         }
         let mut next = loaded.config.clone();
@@ -192,21 +211,7 @@ impl Reloader {
                 "changed in the config; this takes effect after a restart of airut"
             );
         }
-        self.generation += 1;
-        self.log
-            .append(StreamAppend {
-                stream: StreamId::server(),
-                expected: ExpectedVersion::Any,
-                events: vec![NewEvent {
-                    event: Event::ConfigLoaded(ConfigLoadedV1 {
-                        generation: self.generation,
-                        path: self.path.display().to_string(),
-                        content_hash: loaded.content_hash,
-                        repos: next.repos.keys().map(|k| RepoId(k.clone())).collect(),
-                    }),
-                    causation: None,
-                }],
-            })
+        self.record_loaded(loaded.content_hash, next.repos.keys().cloned().collect())
             .await?;
         self.hash = loaded.content_hash;
         if applied.execution {
@@ -245,6 +250,62 @@ impl Reloader {
         next.sandbox = self.current.sandbox.clone();
         self.current = next;
         Ok(Some(applied))
+    }
+
+    /// Records the next generation (`config.loaded`).
+    async fn record_loaded(
+        &mut self,
+        content_hash: [u8; 32],
+        repos: Vec<String>,
+    ) -> anyhow::Result<()> {
+        self.generation += 1;
+        self.log
+            .append(StreamAppend {
+                stream: StreamId::server(),
+                expected: ExpectedVersion::Any,
+                events: vec![NewEvent {
+                    event: Event::ConfigLoaded(ConfigLoadedV1 {
+                        generation: self.generation,
+                        path: self.path.display().to_string(),
+                        content_hash,
+                        repos: repos.into_iter().map(RepoId).collect(),
+                    }),
+                    causation: None,
+                }],
+            })
+            .await?;
+        self.rejected = None;
+        Ok(())
+    }
+
+    /// Records that the file as it is now was not applied (once per
+    /// content), so the dashboard and the audit trail show it.
+    async fn reject(&mut self, error: String) {
+        let content_hash = std::fs::read(&self.path)
+            .map(|b| *blake3::hash(&b).as_bytes())
+            .unwrap_or([0; 32]);
+        if self.rejected == Some(content_hash) {
+            return;
+        }
+        let appended = self
+            .log
+            .append(StreamAppend {
+                stream: StreamId::server(),
+                expected: ExpectedVersion::Any,
+                events: vec![NewEvent {
+                    event: Event::ConfigRejected(ConfigRejectedV1 {
+                        path: self.path.display().to_string(),
+                        content_hash,
+                        error,
+                    }),
+                    causation: None,
+                }],
+            })
+            .await;
+        match appended {
+            Ok(_) => self.rejected = Some(content_hash),
+            Err(e) => tracing::error!(error = %e, "cannot record the rejected config"),
+        }
     }
 
     fn diff(&self, next: &ServerConfig) -> Applied {

@@ -78,6 +78,7 @@ fn board_escapes_everything() {
             started: EVIL.into(),
             version: EVIL.into(),
             config: EVIL.into(),
+            config_rejected: Some(EVIL.into()),
             head: "-".into(),
         },
         repos: vec![repo_view()],
