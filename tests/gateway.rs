@@ -1575,70 +1575,69 @@ async fn airut_run_boots_configured_repos_and_says_why_they_do_not_serve_yet() {
     );
 }
 
-#[tokio::test]
-async fn airut_run_applies_config_changes_while_serving_and_keeps_a_broken_file_out() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path();
-    let config = state.join("airut.yaml");
-    let head = "config_version: 1\ndashboard:\n  host: 127.0.0.1\n  port: 0\nexecution:\n  shutdown_timeout: 2s\n";
-    let write = |repos: &str| std::fs::write(&config, format!("{head}repos:\n{repos}")).unwrap();
-    let widgets = "  widgets:\n    repo_url: https://example.invalid/widgets.git\n";
-    write(widgets);
-    std::fs::write(state.join("cli.yaml"), "config_version: 1\n").unwrap();
-    let airut = |args: &[&str]| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_airut"));
-        c.arg("--config")
-            .arg(&config)
+/// The real `airut run` on a config file and a state dir, killed on drop;
+/// its stderr is collected.
+struct LiveAirut {
+    child: std::process::Child,
+    config: PathBuf,
+    state: PathBuf,
+    stderr: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LiveAirut {
+    fn start(config: &std::path::Path, state: &std::path::Path) -> LiveAirut {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_airut"))
+            .arg("--config")
+            .arg(config)
             .arg("--state-dir")
             .arg(state)
-            .args(args)
-            .env("AIRUT_LOG", "warn");
-        c
-    };
-    /// Kills the server if the test fails half-way.
-    struct Server(std::process::Child);
-    impl Drop for Server {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut server = Server(
-        airut(&["run"])
+            .arg("run")
+            .env("AIRUT_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap(),
-    );
-    let child = &mut server.0;
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let reader = {
-        let stderr = stderr.clone();
+            .unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
         let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                stderr.lock().unwrap().push_str(&line);
-                stderr.lock().unwrap().push('\n');
+        let reader = std::thread::spawn({
+            let stderr = stderr.clone();
+            move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    let mut text = stderr.lock().unwrap();
+                    text.push_str(&line);
+                    text.push('\n');
+                }
             }
-        })
-    };
-    // The store appears once the server opened it; until then (and if a
-    // call races the server's start) `events tail` fails: try again.
+        });
+        LiveAirut {
+            child,
+            config: config.to_owned(),
+            state: state.to_owned(),
+            stderr,
+            reader: Some(reader),
+        }
+    }
+
+    /// `airut events tail --json` (with `--state-dir` it reads the store
+    /// even while the config file is broken). The store appears once the
+    /// server opened it; until then, and if a call races the server's
+    /// start, it fails: try again.
     #[allow(clippy::disallowed_methods)] // a blocking retry in a blocking helper
-    let tail = || {
+    fn tail(&self) -> String {
         let mut last = String::new();
         for _ in 0..50 {
-            // Its own config: the server's may be broken on purpose.
-            let out = Command::new(env!("CARGO_BIN_EXE_airut"))
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_airut"))
                 .arg("--config")
-                .arg(state.join("cli.yaml"))
+                .arg(&self.config)
                 .arg("--state-dir")
-                .arg(state)
+                .arg(&self.state)
                 .args(["events", "tail", "--json"])
+                .env("AIRUT_LOG", "error")
                 .output()
                 .unwrap();
             if out.status.success() {
@@ -1648,60 +1647,97 @@ async fn airut_run_applies_config_changes_while_serving_and_keeps_a_broken_file_
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("events tail keeps failing: {last}");
-    };
-    let count_in = |text: &str, what: &str| text.matches(what).count();
-    let wait_for = |what: &'static str, f: Box<dyn Fn(&str) -> bool>| {
-        let tail = &tail;
-        async move {
-            let r = tokio::time::timeout(WAIT, async {
-                loop {
-                    if f(&tail()) {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            })
-            .await;
-            assert!(r.is_ok(), "gave up waiting for: {what}");
+    }
+
+    /// Waits until `f` holds for the log's events.
+    async fn wait_for(&self, what: &str, f: impl Fn(&str) -> bool) {
+        let r = tokio::time::timeout(WAIT, async {
+            while !f(&self.tail()) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        assert!(r.is_ok(), "gave up waiting for: {what}");
+    }
+
+    /// Waits until the server's stderr says `text`.
+    async fn wait_stderr(&self, text: &str) {
+        let seen = tokio::time::timeout(WAIT, async {
+            while !self.stderr.lock().unwrap().contains(text) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        assert!(
+            seen.is_ok(),
+            "the server never said {text:?}: {}",
+            self.stderr.lock().unwrap()
+        );
+    }
+
+    fn signal(&self, name: &str) {
+        let sent = std::process::Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// SIGTERM, then its exit status.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let status = self.child.wait().unwrap();
+        if let Some(r) = self.reader.take() {
+            r.join().unwrap();
         }
-    };
-    wait_for(
-        "the first boot",
-        Box::new(move |t| count_in(t, "repo.booted") == 1),
-    )
-    .await;
+        status
+    }
+}
+
+impl Drop for LiveAirut {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn count_in(text: &str, what: &str) -> usize {
+    text.matches(what).count()
+}
+
+#[tokio::test]
+async fn airut_run_applies_config_changes_while_serving_and_keeps_a_broken_file_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let config = state.join("airut.yaml");
+    let head = "config_version: 1\ndashboard:\n  host: 127.0.0.1\n  port: 0\nexecution:\n  shutdown_timeout: 2s\n";
+    let write = |repos: &str| std::fs::write(&config, format!("{head}repos:\n{repos}")).unwrap();
+    let broken = || std::fs::write(&config, "config_version: 1\nrepos: [\n").unwrap();
+    let widgets = "  widgets:\n    repo_url: https://example.invalid/widgets.git\n";
+    write(widgets);
+    let mut server = LiveAirut::start(&config, state);
+    server
+        .wait_for("the first boot", |t| count_in(t, "repo.booted") == 1)
+        .await;
 
     // A change: widgets gets another model, gadgets is added.
     write(&format!(
-        "{}    model: sonnet\n  gadgets:\n    repo_url: https://example.invalid/gadgets.git\n",
-        widgets
+        "{widgets}    model: sonnet\n  gadgets:\n    repo_url: https://example.invalid/gadgets.git\n"
     ));
-    wait_for(
-        "the reload",
-        Box::new(move |t| count_in(t, "repo.booted") == 3),
-    )
-    .await;
-    let t = tail();
+    server
+        .wait_for("the reload", |t| count_in(t, "repo.booted") == 3)
+        .await;
+    let t = server.tail();
     assert_eq!(count_in(&t, "config.loaded"), 2, "{t}");
 
     // A broken file is reported and changes nothing.
-    std::fs::write(&config, "config_version: 1\nrepos: [\n").unwrap();
-    let seen = tokio::time::timeout(WAIT, async {
-        while !stderr
-            .lock()
-            .unwrap()
-            .contains("the config was not reloaded")
-        {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
-    assert!(
-        seen.is_ok(),
-        "no report of the broken file: {}",
-        stderr.lock().unwrap()
-    );
-    let t = tail();
+    broken();
+    server.wait_stderr("the config was not reloaded").await;
+    let t = server.tail();
     assert_eq!(count_in(&t, "config.loaded"), 2);
     assert_eq!(count_in(&t, "repo.booted"), 3);
     // ... and recorded, for the board and the audit trail.
@@ -1710,57 +1746,37 @@ async fn airut_run_applies_config_changes_while_serving_and_keeps_a_broken_file_
     // SIGHUP applies the fixed file (gadgets removed) and does not end
     // the server; a second SIGHUP with nothing changed records nothing.
     write(widgets);
-    let hup = || {
-        assert!(
-            Command::new("kill")
-                .args(["-HUP", &child.id().to_string()])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
-    hup();
-    wait_for(
-        "the third generation",
-        Box::new(move |t| count_in(t, "config.loaded") == 3),
-    )
-    .await;
-    hup();
+    server.signal("HUP");
+    server
+        .wait_for("the third generation", |t| {
+            count_in(t, "config.loaded") == 3
+        })
+        .await;
+    server.signal("HUP");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "SIGHUP ended the server"
-    );
-    let t = tail();
+    assert!(server.running(), "SIGHUP ended the server");
+    let t = server.tail();
     assert_eq!(count_in(&t, "config.loaded"), 3);
     // widgets changed back (model), so it booted again; gadgets did not.
     assert_eq!(count_in(&t, "repo.booted"), 4, "{t}");
 
     // Broken again, then back to exactly the running file: the rejection
     // is superseded by a generation with nothing to apply.
-    std::fs::write(&config, "config_version: 1\nrepos: [\n").unwrap();
-    wait_for(
-        "the second rejection",
-        Box::new(move |t| count_in(t, "\"config.rejected\"") == 2),
-    )
-    .await;
+    broken();
+    server
+        .wait_for("the second rejection", |t| {
+            count_in(t, "\"config.rejected\"") == 2
+        })
+        .await;
     write(widgets);
-    wait_for(
-        "the fourth generation",
-        Box::new(move |t| count_in(t, "config.loaded") == 4),
-    )
-    .await;
-    assert_eq!(count_in(&tail(), "repo.booted"), 4);
+    server
+        .wait_for("the fourth generation", |t| {
+            count_in(t, "config.loaded") == 4
+        })
+        .await;
+    assert_eq!(count_in(&server.tail(), "repo.booted"), 4);
 
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = child.wait().unwrap();
-    reader.join().unwrap();
+    let status = server.stop();
     assert!(status.success(), "{status}");
     let log = Log::open(&state.join("log"), LogOptions::default()).unwrap();
     let loaded: Vec<ConfigLoadedV1> = events(&log)
@@ -1795,7 +1811,6 @@ async fn airut_run_applies_config_changes_while_serving_and_keeps_a_broken_file_
 #[tokio::test]
 async fn a_reload_that_moves_the_mailbox_stops_the_old_source_before_the_new_one_reads() {
     use crate::email_support::{Dovecot, DovecotOptions, PASSWORD, USER, mail};
-    use std::process::{Command, Stdio};
     let old = Dovecot::start(DovecotOptions::default()).await;
     let new = Dovecot::start(DovecotOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
@@ -1838,50 +1853,7 @@ repos:
         .unwrap();
     };
     write(old.port);
-    struct Server(std::process::Child);
-    impl Drop for Server {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut server = Server(
-        Command::new(env!("CARGO_BIN_EXE_airut"))
-            .arg("--config")
-            .arg(&config)
-            .arg("--state-dir")
-            .arg(state)
-            .arg("run")
-            .env("AIRUT_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    std::fs::write(state.join("cli.yaml"), "config_version: 1\n").unwrap();
-    let tail = || {
-        let out = Command::new(env!("CARGO_BIN_EXE_airut"))
-            .arg("--config")
-            .arg(state.join("cli.yaml"))
-            .arg("--state-dir")
-            .arg(state)
-            .args(["events", "tail", "--json"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let wait_for = |what: &'static str, f: Box<dyn Fn(&str) -> bool>| {
-        let tail = &tail;
-        async move {
-            let r = tokio::time::timeout(WAIT, async {
-                while !f(&tail()) {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            })
-            .await;
-            assert!(r.is_ok(), "gave up waiting for: {what}");
-        }
-    };
+    let mut server = LiveAirut::start(&config, state);
     let received = |t: &str, id: &str| {
         t.lines()
             .any(|l| l.contains("\"message.received\"") && l.contains(id))
@@ -1892,17 +1864,17 @@ repos:
         None,
     )
     .await;
-    wait_for("m1", Box::new(move |t| received(t, "m1@example.com"))).await;
+    server
+        .wait_for("m1", |t| received(t, "m1@example.com"))
+        .await;
 
     // The reload moves the repo to the other mailbox.
     write(new.port);
-    wait_for(
-        "the reload",
-        Box::new(|t| {
-            t.matches("\"config.loaded\"").count() == 2 && t.matches("\"repo.booted\"").count() == 2
-        }),
-    )
-    .await;
+    server
+        .wait_for("the reload", |t| {
+            count_in(t, "\"config.loaded\"") == 2 && count_in(t, "\"repo.booted\"") == 2
+        })
+        .await;
     old.deliver(
         &mail("alice@example.com", "m2@example.com", "Two", "to the old"),
         None,
@@ -1913,11 +1885,13 @@ repos:
         None,
     )
     .await;
-    wait_for("m3", Box::new(move |t| received(t, "m3@example.com"))).await;
+    server
+        .wait_for("m3", |t| received(t, "m3@example.com"))
+        .await;
     // Several poll intervals later, the old mailbox is still not read.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(
-        !received(&tail(), "m2@example.com"),
+        !received(&server.tail(), "m2@example.com"),
         "the old source still runs"
     );
     assert_eq!(
@@ -1926,15 +1900,7 @@ repos:
         "the mail in the old mailbox was taken"
     );
     assert_eq!(new.count().await, 0);
-    let pid = server.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(server.0.wait().unwrap().success());
+    assert!(server.stop().success());
 }
 
 // --- with real git workspaces -------------------------------------------------------------

@@ -5,7 +5,7 @@
 //! records `reply.sent` / `reply.failed`, the sink only `reply.started`,
 //! so each reply is one `reply.sent`.
 //!
-//! Called by [`super::setups`]. Must never: send a reply twice under one
+//! Called by [`super::Runtime::repo`]. Must never: send a reply twice under one
 //! key (the sink refuses a key started before a restart).
 
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! The running product: the gateway's parts wired to the real ones.
 //!
-//! [`setups`] gives each configured repo its workspace (the gateway's own
-//! [`crate::gateway::repo_setups`]), its sandbox runner ([`runner`]: image,
+//! [`Runtime::repo`] gives each configured repo its workspace (the gateway's
+//! own [`crate::gateway::repo_setup`]), its sandbox runner ([`runner`]: image,
 //! proxy, container) and its channels ([`email`]). `airut run`
 //! (src/cli/serve.rs) hands them to the gateway, which also folds the
 //! dashboard's `task.stop_requested` (a queued task never starts, a running
@@ -37,23 +37,6 @@ pub fn init_path() -> PathBuf {
     std::env::var_os("AIRUT_INIT")
         .map(PathBuf::from)
         .unwrap_or_else(probe::default_init_path)
-}
-
-/// Each repo's setup with its workspace, runner and channels. Background
-/// parts (the email sources, the proxies' audit writer, image and Claude
-/// Code pruning)
-/// are spawned on `tracker` and stop with `cancel`.
-pub async fn setups(
-    cfg: &ServerConfig,
-    log: &Log,
-    cancel: &CancellationToken,
-    tracker: &TaskTracker,
-) -> Vec<RepoSetup> {
-    let runtime = Runtime::start(cfg, log, cancel, tracker).await;
-    cfg.repos
-        .iter()
-        .map(|(id, repo)| runtime.repo(cfg, id, repo).0)
-        .collect()
 }
 
 /// What every repo shares (the sandbox: engine, images, Claude binaries,

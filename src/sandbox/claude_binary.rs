@@ -708,18 +708,17 @@ pub fn spawn_prune_schedule(
     log: Log,
     cancel: tokio_util::sync::CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tick.tick() => {
-                    match binaries.prune(&keep, max_age, &log).await {
-                        Ok(r) if !r.removed.is_empty() => tracing::info!(removed = r.removed.len(), "pruned unused Claude Code versions"),
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "Claude Code prune failed; retrying next interval"),
-                    }
+    super::spawn_every(interval, cancel, move || {
+        let (binaries, keep, log) = (binaries.clone(), keep.clone(), log.clone());
+        async move {
+            match binaries.prune(&keep, max_age, &log).await {
+                Ok(r) if !r.removed.is_empty() => tracing::info!(
+                    removed = r.removed.len(),
+                    "pruned unused Claude Code versions"
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "Claude Code prune failed; retrying next interval")
                 }
             }
         }

@@ -477,19 +477,13 @@ pub fn spawn_prune_schedule(
     interval: Duration,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tick.tick() => {
-                    match cache.prune().await {
-                        Ok(n) if n > 0 => tracing::info!(removed = n, "pruned stale airut images"),
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "image prune failed; retrying next interval"),
-                    }
-                }
+    super::spawn_every(interval, cancel, move || {
+        let cache = cache.clone();
+        async move {
+            match cache.prune().await {
+                Ok(n) if n > 0 => tracing::info!(removed = n, "pruned stale airut images"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "image prune failed; retrying next interval"),
             }
         }
     })

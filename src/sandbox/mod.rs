@@ -28,6 +28,29 @@ pub mod run;
 pub mod stream_json;
 
 pub use engine::{Engine, EngineError};
+
+/// Runs `job` at once and then every `interval` (a late tick is not made
+/// up) until `cancel`: the schedule of the image and Claude Code prunes.
+pub fn spawn_every<F, Fut>(
+    interval: std::time::Duration,
+    cancel: tokio_util::sync::CancellationToken,
+    mut job: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => job().await,
+            }
+        }
+    })
+}
 pub use run::{Mounts, NetworkMode, RunError, RunRequest, Stopper};
 pub use stream_json::{ExecutionResult, Outcome};
 

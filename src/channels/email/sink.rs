@@ -173,7 +173,6 @@ impl EmailSink {
 
     /// Sends `reply` at most once under its key, recording the outcome.
     pub async fn send(&self, reply: OutboundReply) -> Result<SendOutcome, SinkError> {
-        let stream = self.stream(&reply);
         let prior = self.prior(&reply).await?;
         match prior {
             Prior::Sent(message_id) => return Ok(SendOutcome::AlreadySent { message_id }),
@@ -189,27 +188,10 @@ impl EmailSink {
             Prior::None => {}
         }
         let message_id = self.message_id(&reply);
-        let started = Event::ReplyStarted(ReplyStartedV1 {
-            conversation: reply.conversation.unwrap_or(ConversationId(0)),
-            task: reply.task,
-            channel: CHANNEL.to_owned(),
-            kind: reply.kind.clone(),
-            key: reply.key.clone(),
-            message_id: message_id.clone(),
-        });
-        let appended = self
-            .log
-            .append(StreamAppend {
-                stream: stream.clone(),
-                expected: ExpectedVersion::Any,
-                events: vec![NewEvent {
-                    event: started,
-                    causation: reply.causation,
-                }],
-            })
+        let started = self
+            .record_started(&reply, &message_id)
             .await
             .map_err(|e| SinkError(e.to_string()))?;
-        let started = appended.ids.first().copied().unwrap_or_default();
 
         let message = match self.build(&reply, &message_id) {
             Ok(m) => m,
@@ -273,29 +255,16 @@ impl EmailSink {
             .unwrap_or(false);
         let message_id = match prior {
             Some(_) if !was_refused => {
-                return Err("an earlier attempt to send this reply was interrupted by a restart;                             it may or may not have been delivered, and is not sent again"
-                    .to_owned());
+                return Err(
+                    "an earlier attempt to send this reply was interrupted by a restart; \
+                            it may or may not have been delivered, and is not sent again"
+                        .to_owned(),
+                );
             }
             Some(message_id) => message_id,
             None => {
                 let message_id = self.message_id(&reply);
-                let started = Event::ReplyStarted(ReplyStartedV1 {
-                    conversation: reply.conversation.unwrap_or(ConversationId(0)),
-                    task: reply.task,
-                    channel: CHANNEL.to_owned(),
-                    kind: reply.kind.clone(),
-                    key: reply.key.clone(),
-                    message_id: message_id.clone(),
-                });
-                self.log
-                    .append(StreamAppend {
-                        stream: self.stream(&reply),
-                        expected: ExpectedVersion::Any,
-                        events: vec![NewEvent {
-                            event: started,
-                            causation: reply.causation,
-                        }],
-                    })
+                self.record_started(&reply, &message_id)
                     .await
                     .map_err(|e| format!("event log: {e}"))?;
                 message_id
@@ -447,6 +416,36 @@ impl EmailSink {
     /// server cannot make airut buffer without end), within `SMTP_TIMEOUT`.
     async fn smtp_send(&self, message: &Message) -> Result<(), (String, bool)> {
         super::probe::send_smtp(&self.settings, message, SMTP_TIMEOUT).await
+    }
+
+    /// Appends `reply.started` for `reply` under `message_id` (durable:
+    /// before the first SMTP attempt, so a key is never sent twice);
+    /// returns its event id.
+    async fn record_started(
+        &self,
+        reply: &OutboundReply,
+        message_id: &str,
+    ) -> Result<EventId, crate::log::AppendError> {
+        let started = Event::ReplyStarted(ReplyStartedV1 {
+            conversation: reply.conversation.unwrap_or(ConversationId(0)),
+            task: reply.task,
+            channel: CHANNEL.to_owned(),
+            kind: reply.kind.clone(),
+            key: reply.key.clone(),
+            message_id: message_id.to_owned(),
+        });
+        let appended = self
+            .log
+            .append(StreamAppend {
+                stream: self.stream(reply),
+                expected: ExpectedVersion::Any,
+                events: vec![NewEvent {
+                    event: started,
+                    causation: reply.causation,
+                }],
+            })
+            .await?;
+        Ok(appended.ids.first().copied().unwrap_or_default())
     }
 
     async fn append_caused(
