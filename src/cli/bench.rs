@@ -610,15 +610,7 @@ fn cpu_seconds() -> f64 {
 
 /// Peak resident set size of this process (VmHWM), KiB.
 fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    super::procmem::own_status().vm_hwm
 }
 
 /// `airut bench gateway`: see [`crate::gateway::bench`].

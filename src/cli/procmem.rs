@@ -16,12 +16,21 @@
 pub struct ProcStatus {
     /// Resident set.
     pub vm_rss: u64,
+    /// Peak resident set.
+    pub vm_hwm: u64,
     /// Anonymous part.
     pub rss_anon: u64,
     /// File-backed part.
     pub rss_file: u64,
     /// Threads.
     pub threads: u64,
+}
+
+/// This process's `/proc/self/status` (all zero if it cannot be read).
+pub fn own_status() -> ProcStatus {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|t| parse_status(&t))
+        .unwrap_or_default()
 }
 
 /// One mapping of `/proc/PID/smaps`.
@@ -57,6 +66,7 @@ pub fn parse_status(text: &str) -> ProcStatus {
             "RssAnon:" => s.rss_anon = value,
             "RssFile:" => s.rss_file = value,
             "Threads:" => s.threads = value,
+            "VmHWM:" => s.vm_hwm = value,
             _ => {}
         }
     }
