@@ -34,7 +34,7 @@ use crate::config::{ExecutionConfig, RepoConfig};
 use crate::events::{
     ConversationExpiredV1, ConversationId, Event, EventId, ReplyFailedV1, ReplyKind, ReplySentV1,
     RepoBootedV1, RepoId, StreamId, TaskCompletedV1, TaskId, TaskInterruptedV1, TaskOutcome,
-    TaskStartedV1,
+    TaskStartedV1, TaskStopRequestedV1,
 };
 use crate::log::{
     AppendError, Appended, ExpectedVersion, Log, NewEvent, ReadError, StreamAppend, Subscription,
@@ -296,8 +296,9 @@ pub fn fail_boot(setup: &mut RepoSetup, why: String) {
 // === impl GatewayHandle ===
 
 impl GatewayHandle {
-    /// Stops the running task of a conversation. `false` when none runs
-    /// (or the gateway is gone).
+    /// Stops the running task of a conversation: records
+    /// `task.stop_requested` (by `gateway`), which the fold acts on as on
+    /// the dashboard's. `false` when none runs (or the gateway is gone).
     pub async fn stop(&self, conv: ConversationId) -> bool {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Command::Stop(conv, tx)).await.is_err() {
@@ -788,9 +789,29 @@ impl Gateway {
                 }
                 Some(cmd) = self.commands.recv() => match cmd {
                     Command::Stop(conv, reply) => {
-                        let live = self.live.values().find(|l| l.conversation == conv);
-                        if let Some(l) = live {
-                            l.stop.cancel();
+                        // Recorded like the dashboard's Stop; the fold
+                        // then stops the run (one mechanism, one record).
+                        let live = self
+                            .live
+                            .iter()
+                            .find(|(_, l)| l.conversation == conv)
+                            .map(|(task, _)| *task);
+                        if let Some(task) = live {
+                            let asked = self
+                                .ctx
+                                .append(one(
+                                    conv.stream(),
+                                    Event::TaskStopRequested(TaskStopRequestedV1 {
+                                        task,
+                                        requested_by: "gateway".to_owned(),
+                                        reason: String::new(),
+                                    }),
+                                    None,
+                                ))
+                                .await;
+                            if let Err(e) = asked {
+                                break Err(e);
+                            }
                         }
                         let _ = reply.send(live.is_some());
                     }
